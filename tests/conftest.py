@@ -1,0 +1,70 @@
+"""Shared test set-up.
+
+Without a GPU the Triton kernels run in Triton's interpreter, which must be switched on
+before triton or fastconv is imported: this file does it first thing, so plain ``pytest``
+tests every kernel on a CPU-only machine. With a GPU the kernels run compiled on CUDA.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import contextlib  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from fastconv import backend  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# aten ops whose presence means torch, not Triton, did the work.
+FORBIDDEN_OP_FRAGMENTS = ("convolution", "conv2d", "cudnn", "mkldnn", "pool")
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device the kernels are tested on: CUDA when present, else the CPU interpreter."""
+    return DEVICE
+
+
+@pytest.fixture
+def triton_backend() -> Iterator[None]:
+    """Force the Triton backend: a test using it fails rather than fall back to torch."""
+    with backend.use_backend("triton"):
+        yield
+
+
+@pytest.fixture
+def torch_backend() -> Iterator[None]:
+    """Force the torch reference backend."""
+    with backend.use_backend("torch"):
+        yield
+
+
+class AtenOpRecorder(TorchDispatchMode):
+    """Records the name of every aten op dispatched while active (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
+
+    def forbidden(self) -> list[str]:
+        """Recorded ops that are convolutions or poolings."""
+        return sorted({op for op in self.ops if any(f in op for f in FORBIDDEN_OP_FRAGMENTS)})
+
+
+@pytest.fixture
+def record_aten_ops() -> contextlib.AbstractContextManager[AtenOpRecorder]:
+    """``with record_aten_ops() as rec: ...`` then ``assert not rec.forbidden()``."""
+    return AtenOpRecorder

@@ -11,10 +11,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from fastconv.backend import resolve_backend
 
-__all__ = ["conv2d", "conv2d_bias_relu"]
+__all__ = [
+    "adaptive_avg_pool2d",
+    "avg_pool2d",
+    "conv2d",
+    "conv2d_bias_relu",
+    "max_pool2d",
+]
 
 IntOrPair = int | tuple[int, int] | list[int]
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -183,6 +190,11 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, apply_relu: bool
     unbatched = isinstance(x, Tensor) and x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
+    if isinstance(x, Tensor) and isinstance(weight, Tensor) and x.is_floating_point():
+        autocast_dtype = _autocast_dtype(x.device)
+        if autocast_dtype is not None:  # cast first, as torch's conv does: dtypes may differ
+            x, weight = x.to(autocast_dtype), weight.to(autocast_dtype)
+            bias = bias.to(autocast_dtype) if isinstance(bias, Tensor) else bias
     stride_hw, before, after, dilation_hw, out_hw = _check_conv_args(
         x, weight, bias, stride, padding, dilation, groups
     )
@@ -193,10 +205,6 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, apply_relu: bool
             y = F.conv2d(x, weight, bias, stride_hw, before, dilation_hw)
         y = F.relu(y) if apply_relu else y
     else:
-        autocast_dtype = _autocast_dtype(x.device)
-        if autocast_dtype is not None:
-            x, weight = x.to(autocast_dtype), weight.to(autocast_dtype)
-            bias = None if bias is None else bias.to(autocast_dtype)
         with torch.autocast(x.device.type, enabled=False):
             y = Conv2dBiasReLUFunction.apply(
                 x, weight, bias, stride_hw, before, dilation_hw, out_hw, apply_relu
@@ -237,3 +245,256 @@ def conv2d(
 
 
 # --------------------------------------------------------------------------- pooling
+
+
+def _pool_input(x: Tensor, op: str) -> tuple[Tensor, bool]:
+    """Validate a pooling input (N, C, H, W) or (C, H, W); return it 4-D and if it was 3-D."""
+    _check_tensor(x, "input", (3, 4))
+    if min(x.shape[-3:]) == 0:
+        raise ValueError(
+            f"{op}: input of shape {tuple(x.shape)} has an empty channel or spatial dimension"
+        )
+    unbatched = x.dim() == 3
+    return (x.unsqueeze(0) if unbatched else x), unbatched
+
+
+def _pool_output_size(
+    size: int, kernel: int, step: int, pad: int, dilation: int, ceil: bool
+) -> int:
+    """torch's pooling output size; in ceil mode the last window starts inside input or padding."""
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1 + (step - 1 if ceil else 0)) // step + 1
+    if ceil and (out - 1) * step >= size + pad:
+        out -= 1
+    return out
+
+
+def _check_pool_args(
+    op: str,
+    x: Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None,
+    padding: IntOrPair,
+    dilation: IntOrPair,
+    ceil_mode: bool,
+) -> tuple[tuple[int, int], ...]:
+    """Validate a pooling call on ``x`` (N, C, H, W): kernel, stride, padding, dilation, (P, Q)."""
+    kernel = _pair(kernel_size, "kernel_size")
+    step = kernel if stride is None or stride in ((), []) else _pair(stride, "stride")
+    pad = _pair(padding, "padding")
+    dil = _pair(dilation, "dilation")
+    for name, value, low in (
+        ("kernel_size", kernel, 1),
+        ("stride", step, 1),
+        ("dilation", dil, 1),
+        ("padding", pad, 0),
+    ):
+        if min(value) < low:
+            kind = "positive" if low else "non-negative"
+            raise ValueError(f"{op}: {name} must be {kind}, got {name}={value}")
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(
+            f"{op}: padding={pad} must be at most half of kernel_size={kernel} on each side"
+        )
+    out_hw = tuple(
+        _pool_output_size(x.shape[2 + i], kernel[i], step[i], pad[i], dil[i], ceil_mode)
+        for i in range(2)
+    )
+    if min(out_hw) < 1:
+        raise ValueError(
+            f"{op}: input of shape {tuple(x.shape)} with kernel_size={kernel}, stride={step}, "
+            f"padding={pad}, dilation={dil} gives an empty output of size {out_hw}"
+        )
+    return kernel, step, pad, dil, out_hw
+
+
+class MaxPool2dFunction(torch.autograd.Function):
+    """``y = max_pool2d(x)`` on the Triton kernels; returns ``(y, argmax)`` when asked to.
+
+    The forward saves only the compact argmax (``r*KW + s`` inside each window, int8 for
+    kernels up to 128 elements), and only when a gradient is needed.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x, kernel_size, stride, padding, dilation, output_size, needs_grad, return_argmax
+    ):
+        from fastconv.kernels import pool2d as kernels
+
+        pool_args = (kernel_size, stride, padding, dilation)
+        store_argmax = needs_grad or return_argmax
+        y, argmax = kernels.max_pool2d_fwd(x, *pool_args, output_size, store_argmax)
+        if needs_grad:
+            ctx.save_for_backward(argmax)
+            ctx.input_layout = (x.shape, kernels.output_memory_format(x))
+            ctx.pool_args = pool_args
+        if not return_argmax:
+            return y
+        ctx.mark_non_differentiable(argmax)
+        return y, argmax
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, *_):
+        from fastconv.kernels import pool2d as kernels
+
+        (argmax,) = ctx.saved_tensors
+        grad_x = kernels.max_pool2d_bwd(grad_y, argmax, *ctx.input_layout, *ctx.pool_args)
+        return grad_x, None, None, None, None, None, None, None
+
+
+def _max_pool_indices(argmax, input_hw, kernel_size, stride, padding, dilation) -> Tensor:
+    """torch-style int64 indices ``h * W + w`` into each input plane from the compact argmax."""
+    argmax = argmax.long()
+    p = torch.arange(argmax.shape[-2], device=argmax.device).view(-1, 1)
+    q = torch.arange(argmax.shape[-1], device=argmax.device).view(1, -1)
+    h = p * stride[0] - padding[0] + (argmax // kernel_size[1]) * dilation[0]
+    w = q * stride[1] - padding[1] + (argmax % kernel_size[1]) * dilation[1]
+    return h * input_hw[1] + w
+
+
+def max_pool2d(
+    input: Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`torch.nn.functional.max_pool2d` on the Triton kernels.
+
+    ``input`` (N, C, H, W) or (C, H, W) -> (N, C, P, Q) in the input's memory format, with
+    ``P = (H + 2*pad_h - dil_h*(KH-1) - 1) / stride_h + 1`` rounded down (up in ceil_mode,
+    keeping the last window starting inside the input or left padding). NaN wins a window;
+    ties go to the first maximum, as in torch. ``return_indices=True`` also returns torch's
+    int64 flat indices ``h*W + w``, computed from the kernel's compact argmax.
+    """
+    x, unbatched = _pool_input(input, "max_pool2d")
+    kernel, step, pad, dil, out_hw = _check_pool_args(
+        "max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode
+    )
+    if resolve_backend(x.device) == "torch":
+        result = F.max_pool2d(x, kernel, step, pad, dil, ceil_mode, return_indices)
+        y, indices = result if return_indices else (result, None)
+    else:
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        result = MaxPool2dFunction.apply(
+            x, kernel, step, pad, dil, out_hw, needs_grad, return_indices
+        )
+        y, indices = result if return_indices else (result, None)
+        if return_indices:
+            indices = _max_pool_indices(indices, x.shape[-2:], kernel, step, pad, dil)
+    if unbatched:
+        y = y.squeeze(0)
+        indices = None if indices is None else indices.squeeze(0)
+    return (y, indices) if return_indices else y
+
+
+class AvgPool2dFunction(torch.autograd.Function):
+    """``y = avg_pool2d(x)`` on the Triton kernels; saves no tensor, only the geometry."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, output_size, count_include_pad, divisor):
+        from fastconv.kernels import pool2d as kernels
+
+        pool_args = (kernel_size, stride, padding)
+        mode_args = (count_include_pad, divisor)
+        ctx.input_layout = (x.shape, kernels.output_memory_format(x))
+        ctx.pool_args = (*pool_args, *mode_args)
+        return kernels.avg_pool2d_fwd(x, *pool_args, output_size, *mode_args)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        from fastconv.kernels import pool2d as kernels
+
+        grad_x = kernels.avg_pool2d_bwd(grad_y, *ctx.input_layout, *ctx.pool_args)
+        return grad_x, None, None, None, None, None, None
+
+
+def avg_pool2d(
+    input: Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Tensor:
+    """:func:`torch.nn.functional.avg_pool2d` on the Triton kernels.
+
+    ``input`` (N, C, H, W) or (C, H, W) -> (N, C, P, Q) in the input's memory format,
+    ``P = (H + 2*pad_h - KH) / stride_h + 1`` rounded down (up in ceil_mode). Each output is
+    the window's sum divided by ``divisor_override``, or by the window's size counting the
+    zero padding (``count_include_pad``) or not.
+    """
+    x, unbatched = _pool_input(input, "avg_pool2d")
+    kernel, step, pad, _, out_hw = _check_pool_args(
+        "avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode
+    )
+    if divisor_override is not None and (
+        not isinstance(divisor_override, int) or isinstance(divisor_override, bool)
+    ):
+        raise TypeError(f"avg_pool2d: divisor_override must be an int, got {divisor_override!r}")
+    if divisor_override == 0:
+        raise ValueError("avg_pool2d: divisor_override must be non-zero, got 0")
+    if resolve_backend(x.device) == "torch":
+        y = F.avg_pool2d(x, kernel, step, pad, ceil_mode, count_include_pad, divisor_override)
+    else:
+        y = AvgPool2dFunction.apply(
+            x, kernel, step, pad, out_hw, bool(count_include_pad), divisor_override
+        )
+    return y.squeeze(0) if unbatched else y
+
+
+class AdaptiveAvgPool2dFunction(torch.autograd.Function):
+    """``y = adaptive_avg_pool2d(x)`` on the Triton kernels; saves no tensor."""
+
+    @staticmethod
+    def forward(ctx, x, output_size):
+        from fastconv.kernels import pool2d as kernels
+
+        ctx.input_layout = (x.shape, kernels.output_memory_format(x))
+        return kernels.adaptive_avg_pool2d_fwd(x, output_size)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        from fastconv.kernels import pool2d as kernels
+
+        return kernels.adaptive_avg_pool2d_bwd(grad_y, *ctx.input_layout), None
+
+
+def _adaptive_output_size(output_size, x: Tensor) -> tuple[int, int]:
+    """Resolve ``output_size`` (int, or pair of int/None meaning "as the input") to (P, Q)."""
+    sizes = output_size if isinstance(output_size, tuple | list) else (output_size, output_size)
+    if len(sizes) != 2 or not all(
+        s is None or (isinstance(s, int) and not isinstance(s, bool)) for s in sizes
+    ):
+        raise TypeError(
+            "adaptive_avg_pool2d: output_size must be an int or a pair of ints (or None), "
+            f"got {output_size!r}"
+        )
+    resolved = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(sizes))
+    if min(resolved) < 0:
+        raise ValueError(
+            f"adaptive_avg_pool2d: output_size must be non-negative, got {output_size!r} for "
+            f"input of shape {tuple(x.shape)}"
+        )
+    return resolved
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size: IntOrPair) -> Tensor:
+    """:func:`torch.nn.functional.adaptive_avg_pool2d` on the Triton kernels.
+
+    ``input`` (N, C, H, W) or (C, H, W) -> (N, C, P, Q) in the input's memory format; output
+    (p, q) is the mean of rows floor(p*H/P) to ceil((p+1)*H/P) (exclusive), likewise columns.
+    ``output_size`` is an int or a pair whose None entries keep the input's size.
+    """
+    x, unbatched = _pool_input(input, "adaptive_avg_pool2d")
+    out_hw = _adaptive_output_size(output_size, x)
+    if resolve_backend(x.device) == "torch":
+        y = F.adaptive_avg_pool2d(x, out_hw)
+    else:
+        y = AdaptiveAvgPool2dFunction.apply(x, out_hw)
+    return y.squeeze(0) if unbatched else y

@@ -1,0 +1,262 @@
+"""Render a ``--benchmark-json`` file as a markdown table and a PNG chart.
+
+    python -m benchmarks.report RESULTS.json          # writes RESULTS.md and RESULTS.png
+    python -m benchmarks.report RESULTS.json --save   # copies the run into benchmarks/results/
+                                                      # as <device-slug>-<YYYY-MM-DD>.json/.md/.png
+
+One table per kind of case (convolution, pooling, model training step, data pipeline) and
+precision, one row per shape and mode, one column group per provider: time, throughput
+(TFLOP/s, GB/s or images/s) and the speed-up over eager PyTorch (cuDNN for convolutions)
+that each case recorded against eager timed in the same session. Convolutions also show
+the percentage of the device's dense tensor-core peak for their math (n/a when the device
+is not in :data:`PEAK_TFLOPS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# Dense (no sparsity) tensor-core peaks in TFLOP/s from NVIDIA's datasheets, by a fragment of
+# torch.cuda.get_device_name(); the first matching fragment wins, so variants come first.
+PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    ("H100", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),  # SXM
+    ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+)
+
+PROVIDER_LABELS = {
+    "fastconv": "fastconv",
+    "eager": "eager",
+    "compile": "torch.compile",
+    "compile-max-autotune": "compile max-autotune",
+}
+KINDS = {
+    # kind: (section title, throughput key in extra_info, its unit, eager's label)
+    "conv": ("Fused conv2d + bias + ReLU", "tflops", "TFLOP/s", "cuDNN eager"),
+    "pool": ("Pooling", "gbps", "GB/s", "torch eager"),
+    "model": ("Model training step", "images_per_s", "images/s", "torch.nn eager"),
+    "data": ("Data pipeline", "images_per_s", "images/s", "eager"),
+}
+MODE_ORDER = {"fwd": 0, "bwd": 1, "fwd+bwd": 2}
+
+
+def peak_tflops(device: str, math: str) -> float | None:
+    """The device's dense peak for ``math`` (bf16, fp16, tf32, fp32), or None if unknown."""
+    for fragment, peaks in PEAK_TFLOPS:
+        if fragment.lower() in device.lower():
+            return peaks.get(math)
+    return None
+
+
+def slug(text: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+@dataclass
+class Run:
+    """A ``--benchmark-json`` file: machine info and the cases' extra_info and stats."""
+
+    device: str
+    date: str
+    info: dict
+    cases: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> Run:
+        data = json.loads(path.read_text())
+        info = data.get("machine_info", {}).get("fastconv", {})
+        device = info.get("device") or "unknown"
+        if device == "cpu":
+            brand = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "")
+            device = f"CPU {brand}".strip()
+        cases = []
+        for bench in data.get("benchmarks", []):
+            extra = dict(bench.get("extra_info", {}))
+            if "kind" not in extra:
+                continue
+            stats = bench.get("stats") or {}
+            extra.setdefault("wall_ms", 1e3 * stats["median"] if "median" in stats else None)
+            cases.append(extra)
+        return cls(device, data.get("datetime", "")[:10], info, cases)
+
+    @property
+    def stem(self) -> str:
+        return f"{slug(self.device)}-{self.date}"
+
+
+def _precision(case: dict) -> str:
+    return case.get("math") or case.get("dtype") or ""
+
+
+def _time_ms(case: dict) -> float | None:
+    return case.get("gpu_ms", case.get("wall_ms"))
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def sections(run: Run) -> dict[tuple[str, str], dict[tuple[str, str], dict[str, dict]]]:
+    """{(kind, precision): {(case, mode): {provider: extra_info}}}, in a stable order."""
+    grouped: dict = defaultdict(lambda: defaultdict(dict))
+    for case in run.cases:
+        key = (case["kind"], _precision(case))
+        grouped[key][(case["case"], case["mode"])][case["provider"]] = case
+    kind_order = list(KINDS)
+    ordered = {}
+    for key in sorted(grouped, key=lambda k: (kind_order.index(k[0]), k[1])):
+        rows = grouped[key]
+        # shapes in the order they ran, modes in fwd, bwd, fwd+bwd order
+        first_seen = {case: i for i, (case, _) in reversed(list(enumerate(rows)))}
+        ordered[key] = {
+            row: rows[row]
+            for row in sorted(rows, key=lambda r: (first_seen[r[0]], MODE_ORDER.get(r[1], 9), r[1]))
+        }
+    return ordered
+
+
+def _providers(rows: dict[tuple[str, str], dict[str, dict]]) -> list[str]:
+    present = {p for providers in rows.values() for p in providers}
+    known = [p for p in PROVIDER_LABELS if p in present]
+    return known + sorted(present - set(known))
+
+
+def markdown(run: Run) -> str:
+    """The run as markdown: a header with the environment, then one table per section."""
+    info = run.info
+    lines = [
+        f"# fastconv benchmarks: {run.device}, {run.date}",
+        "",
+        "torch {torch}, triton {triton}, CUDA {cuda}, cuDNN {cudnn}; commit `{commit}`; "
+        "cudnn.allow_tf32={tf32}, cudnn.benchmark={bench}, channels_last={cl}.".format(
+            torch=info.get("torch"),
+            triton=info.get("triton"),
+            cuda=info.get("cuda"),
+            cudnn=info.get("cudnn"),
+            commit=info.get("git_commit"),
+            tf32=info.get("cudnn_allow_tf32"),
+            bench=info.get("cudnn_benchmark"),
+            cl=info.get("channels_last"),
+        ),
+        "",
+        "GPU times: median CUDA-event time of the timed rounds (inputs refilled with fresh random "
+        "numbers and L2 flushed before each, warm-up excluded). CPU times: median wall time. "
+        "`x eager` is eager time / provider time, eager timed in the same session "
+        "(cuDNN for convolutions). Conv TFLOP/s count 2*N*K*P*Q*C*R*S per pass "
+        "(bwd = 2 passes, fwd+bwd = 3); pooling GB/s count each input read and output "
+        "written once.",
+    ]
+    for (kind, precision), rows in sections(run).items():
+        title, metric, unit, eager_label = KINDS[kind]
+        providers = _providers(rows)
+        peak = peak_tflops(run.device, precision) if kind == "conv" else None
+        heading = f"{title}, {precision}" if precision else title
+        if kind == "conv":
+            heading += f" (peak {_fmt(peak)} TFLOP/s)" if peak else " (device peak n/a)"
+        header = ["case", "mode"]
+        for p in providers:
+            label = eager_label if p == "eager" else PROVIDER_LABELS.get(p, p)
+            header += [f"{label} ms", f"{label} {unit}"]
+            if kind == "conv" and p in ("fastconv", "eager"):
+                header.append(f"{label} % peak")
+        compared = [p for p in providers if p != "eager"] if "eager" in providers else []
+        header += [f"{PROVIDER_LABELS.get(p, p)} x eager" for p in compared]
+        lines += ["", f"## {heading}", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "---|" * len(header))
+        for (case, mode), by_provider in rows.items():
+            cells = [case, mode]
+            for p in providers:
+                entry = by_provider.get(p, {})
+                throughput = entry.get(metric)
+                cells += [_fmt(_time_ms(entry)), _fmt(throughput)]
+                if kind == "conv" and p in ("fastconv", "eager"):
+                    share = None if peak is None or throughput is None else 100 * throughput / peak
+                    cells.append(f"{share:.0f}%" if share is not None else "n/a")
+            for p in compared:
+                speedup = by_provider.get(p, {}).get("speedup_vs_eager")
+                cells.append(f"{speedup:.2f}x" if speedup is not None else "n/a")
+            lines.append("| " + " | ".join(cells) + " |")
+        shapes = {c: e.get("shape") for (c, _), by_p in rows.items() for e in by_p.values()}
+        described = [f"`{c}`: {s}" for c, s in shapes.items() if s]
+        if described:
+            lines += ["", "Shapes: " + "; ".join(described) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(run: Run, path: Path) -> None:
+    """Horizontal grouped bars of each section's throughput per provider, saved as ``path``."""
+    parts = sections(run)
+    if not parts:
+        raise ValueError("the JSON holds no fastconv benchmark cases (no extra_info 'kind')")
+    heights = [1.0 + 0.32 * len(rows) * len(_providers(rows)) for rows in parts.values()]
+    figure, axes = plt.subplots(
+        len(parts), 1, figsize=(10, sum(heights) + 0.5), gridspec_kw={"height_ratios": heights}
+    )
+    axes = [axes] if len(parts) == 1 else list(axes)
+    for ax, ((kind, precision), rows) in zip(axes, parts.items(), strict=True):
+        title, metric, unit, eager_label = KINDS[kind]
+        providers = _providers(rows)
+        bar = 0.8 / len(providers)
+        labels = [f"{case} {mode}" for case, mode in rows]
+        for i, provider in enumerate(providers):
+            values = [rows[row].get(provider, {}).get(metric) or 0.0 for row in rows]
+            positions = [r + i * bar for r in range(len(rows))]
+            label = eager_label if provider == "eager" else PROVIDER_LABELS.get(provider, provider)
+            ax.barh(positions, values, height=bar, label=label)
+        ax.set_yticks([r + 0.4 - bar / 2 for r in range(len(rows))], labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(unit)
+        ax.set_title(f"{title}, {precision}" if precision else title, fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"fastconv benchmarks: {run.device}, {run.date}", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("results", type=Path, help="a pytest --benchmark-json file")
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help=f"copy the run into {RESULTS_DIR} as <device-slug>-<date>.json and render it there",
+    )
+    args = parser.parse_args(argv)
+    run = Run.load(args.results)
+    if args.save:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        folder, stem = RESULTS_DIR, run.stem
+        saved = folder / f"{stem}.json"
+        if args.results.resolve() != saved:
+            shutil.copyfile(args.results, saved)
+    else:
+        folder, stem = args.results.parent, args.results.stem
+    table, figure = folder / f"{stem}.md", folder / f"{stem}.png"
+    table.write_text(markdown(run))
+    chart(run, figure)
+    print(f"wrote {table} and {figure}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The convolution and pooling shapes that are benchmarked.
+
+Two sources: the project's own dogs-vs-cats CNN (every conv and pooling layer, read with
+forward hooks at 64 and 128 px and the training batch size of ``fastconv.train``) and a few
+standard shapes from VGG and ResNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from fastconv.backend import use_backend
+from fastconv.models import build_model
+from fastconv.train import build_parser
+
+STANDARD_BATCH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvShape:
+    """``relu(conv2d(x, w) + b)`` with x (n, c, h, w), w (k, c, r, s), b (k,)."""
+
+    name: str
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    r: int
+    s: int
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        """(P, Q) = ((H + 2*pad - dil*(R-1) - 1) // stride + 1, likewise for W)."""
+        sizes = []
+        for size, kernel, stride, pad, dil in zip(
+            (self.h, self.w),
+            (self.r, self.s),
+            self.stride,
+            self.padding,
+            self.dilation,
+            strict=True,
+        ):
+            sizes.append((size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1)
+        return sizes[0], sizes[1]
+
+    def flops_per_pass(self) -> int:
+        """2*N*K*P*Q*C*R*S: one pass (the forward, the input gradient or the weight gradient)."""
+        p, q = self.output_hw
+        return 2 * self.n * self.k * p * q * self.c * self.r * self.s
+
+    def describe(self) -> str:
+        p, q = self.output_hw
+        return (
+            f"{self.n}x{self.c}x{self.h}x{self.w} -> {self.k}x{p}x{q}, {self.r}x{self.s} "
+            f"s{self.stride[0]} p{self.padding[0]} d{self.dilation[0]}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolShape:
+    """``op(x, **options)`` with x (n, c, h, w); op is ``max_pool2d``, ``avg_pool2d`` or
+    ``adaptive_avg_pool2d`` with torch's keyword arguments in ``options``."""
+
+    name: str
+    op: str
+    n: int
+    c: int
+    h: int
+    w: int
+    options: tuple[tuple[str, object], ...]
+
+    @property
+    def kwargs(self) -> dict[str, object]:
+        return dict(self.options)
+
+    def describe(self) -> str:
+        options = ", ".join(f"{key}={value}" for key, value in self.options)
+        return f"{self.op}({self.n}x{self.c}x{self.h}x{self.w}, {options})"
+
+
+def _pool(name: str, op: str, n: int, c: int, h: int, w: int, **options) -> PoolShape:
+    return PoolShape(name, op, n, c, h, w, tuple(sorted(options.items())))
+
+
+STANDARD_CONV_SHAPES = (
+    ConvShape("resnet-stem-7x7s2", STANDARD_BATCH, 3, 224, 224, 64, 7, 7, (2, 2), (3, 3)),
+    ConvShape("resnet-3x3-64@56", STANDARD_BATCH, 64, 56, 56, 64, 3, 3, padding=(1, 1)),
+    ConvShape("vgg-3x3-128to256@56", STANDARD_BATCH, 128, 56, 56, 256, 3, 3, padding=(1, 1)),
+    ConvShape("resnet-3x3-128@28", STANDARD_BATCH, 128, 28, 28, 128, 3, 3, padding=(1, 1)),
+    ConvShape("vgg-3x3-256@28", STANDARD_BATCH, 256, 28, 28, 256, 3, 3, padding=(1, 1)),
+    ConvShape("resnet-1x1-256to64@56", STANDARD_BATCH, 256, 56, 56, 64, 1, 1),
+)
+
+STANDARD_POOL_SHAPES = (
+    _pool(
+        "resnet-stem-max3x3s2",
+        "max_pool2d",
+        STANDARD_BATCH,
+        64,
+        112,
+        112,
+        kernel_size=3,
+        stride=2,
+        padding=1,
+    ),
+    _pool("vgg-max2x2@112", "max_pool2d", STANDARD_BATCH, 128, 112, 112, kernel_size=2, stride=2),
+    _pool("densenet-avg2x2@56", "avg_pool2d", STANDARD_BATCH, 256, 56, 56, kernel_size=2, stride=2),
+    _pool("resnet-global-avg@7", "adaptive_avg_pool2d", STANDARD_BATCH, 512, 7, 7, output_size=1),
+)
+
+TRAINING_DEFAULTS = build_parser().parse_args([])
+MODEL_NAME = TRAINING_DEFAULTS.model
+TRAINING_BATCH = TRAINING_DEFAULTS.batch_size
+MODEL_IMAGE_SIZES = (64, 128)
+POOL_OPTIONS = {
+    nn.MaxPool2d: ("max_pool2d", ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
+    nn.AvgPool2d: ("avg_pool2d", ("kernel_size", "stride", "padding", "ceil_mode")),
+    nn.AdaptiveAvgPool2d: ("adaptive_avg_pool2d", ("output_size",)),
+}
+
+
+def _padding_pair(conv: nn.Conv2d) -> tuple[int, int]:
+    """The conv's padding as a pair of ints (``"same"`` resolved for odd kernels)."""
+    if conv.padding == "valid":
+        return 0, 0
+    if conv.padding == "same":
+        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size, strict=True))
+    return conv.padding
+
+
+def model_layer_shapes(
+    image_size: int, batch: int = TRAINING_BATCH, model_name: str = MODEL_NAME
+) -> tuple[list[ConvShape], list[PoolShape]]:
+    """The distinct conv and pooling shapes of ``model_name`` on (batch, 3, size, size) input.
+
+    Read with forward hooks during one CPU forward (torch backend) of a single image.
+    """
+    model = build_model(model_name).eval()
+    convs: dict[tuple, ConvShape] = {}
+    pools: dict[tuple, PoolShape] = {}
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output) -> None:
+        _, c, h, w = inputs[0].shape
+        name = f"{model_name}{image_size}-{names[module]}"
+        if isinstance(module, nn.Conv2d):
+            shape = ConvShape(
+                name,
+                batch,
+                c,
+                h,
+                w,
+                module.out_channels,
+                *module.kernel_size,
+                module.stride,
+                _padding_pair(module),
+                module.dilation,
+            )
+            convs.setdefault(dataclasses.astuple(shape)[1:], shape)
+            return
+        for pool_type, (op, option_names) in POOL_OPTIONS.items():
+            if isinstance(module, pool_type):
+                options = {key: getattr(module, key) for key in option_names}
+                shape = _pool(name, op, batch, c, h, w, **options)
+                pools.setdefault(dataclasses.astuple(shape)[1:], shape)
+
+    layer_types = (nn.Conv2d, *POOL_OPTIONS)
+    names = {m: n for n, m in model.named_modules() if isinstance(m, layer_types)}
+    handles = [m.register_forward_hook(record) for m in names]
+    try:
+        with use_backend("torch"), torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(convs.values()), list(pools.values())
+
+
+_MODEL_SHAPES = [model_layer_shapes(size) for size in MODEL_IMAGE_SIZES]
+CONV_SHAPES = [shape for convs, _ in _MODEL_SHAPES for shape in convs] + list(STANDARD_CONV_SHAPES)
+POOL_SHAPES = [shape for _, pools in _MODEL_SHAPES for shape in pools] + list(STANDARD_POOL_SHAPES)

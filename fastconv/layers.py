@@ -1,0 +1,307 @@
+"""Drop-in ``nn.Module`` layers over :mod:`fastconv.functional`, and :func:`convert`.
+
+Every layer subclasses its torch counterpart (``nn.Conv2d``, ``nn.MaxPool2d``, ...), so the
+constructor, ``state_dict`` keys, ``repr`` and existing checkpoints work unchanged; only
+``forward`` differs: it calls the fastconv op, which runs the Triton kernels or the torch
+reference as :mod:`fastconv.backend` decides. Options the kernels do not support are refused
+at construction with the argument named.
+
+:func:`convert` turns an existing torch model into a fastconv one: inside an ``nn.Sequential``
+a ``Conv2d`` directly followed by ``ReLU`` becomes one fused :class:`Conv2dReLU`, and the
+remaining supported convolution and pooling modules are swapped for their fastconv versions.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from fastconv import functional as fcf
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "Conv2d",
+    "Conv2dReLU",
+    "ConversionReport",
+    "MaxPool2d",
+    "convert",
+]
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _conv_unsupported_reason(conv: nn.Conv2d) -> str | None:
+    """Why fastconv cannot run ``conv``, or None if it can."""
+    if conv.groups != 1:
+        return f"groups={conv.groups} is not supported (fastconv supports groups=1 only)"
+    if conv.padding_mode != "zeros":
+        return (
+            f"padding_mode={conv.padding_mode!r} is not supported "
+            "(fastconv supports padding_mode='zeros' only)"
+        )
+    return None
+
+
+class Conv2d(nn.Conv2d):
+    """:class:`torch.nn.Conv2d` (``groups=1``, zero padding) with the bias fused in the kernel.
+
+    Input (N, C, H, W) or (C, H, W); output (N, K, P, Q). Raises ``NotImplementedError`` for
+    ``groups != 1`` and ``ValueError`` for a ``padding_mode`` other than ``"zeros"``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        if groups != 1:
+            raise NotImplementedError(
+                f"{type(self).__name__}: groups={groups} is not supported "
+                "(fastconv supports groups=1 only); keep torch.nn.Conv2d for grouped convolutions"
+            )
+        if padding_mode != "zeros":
+            raise ValueError(
+                f"{type(self).__name__}: padding_mode={padding_mode!r} is not supported "
+                "(fastconv supports padding_mode='zeros' only)"
+            )
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+
+    @classmethod
+    def from_torch(cls, conv: nn.Conv2d) -> Conv2d:
+        """A layer of this class that shares ``conv``'s parameters and training mode."""
+        reason = _conv_unsupported_reason(conv)
+        if reason is not None:
+            raise NotImplementedError(f"cannot convert {conv}: {reason}")
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+            device="meta",
+        )
+        layer.weight = conv.weight
+        layer.bias = conv.bias
+        return layer.train(conv.training)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return fcf.conv2d(
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+
+class Conv2dReLU(Conv2d):
+    """``relu(conv2d(x) + bias)`` in one kernel; same constructor and parameters as ``nn.Conv2d``.
+
+    Input (N, C, H, W) or (C, H, W); output (N, K, P, Q). A checkpoint of ``nn.Conv2d``
+    loads into it unchanged (the ReLU has no parameters).
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        return fcf.conv2d_bias_relu(
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """:class:`torch.nn.MaxPool2d` running fastconv's pooling kernel."""
+
+    @classmethod
+    def from_torch(cls, pool: nn.MaxPool2d) -> MaxPool2d:
+        """The same pooling as ``pool`` (same training mode) on fastconv's kernel."""
+        layer = cls(
+            pool.kernel_size,
+            pool.stride,
+            pool.padding,
+            pool.dilation,
+            pool.return_indices,
+            pool.ceil_mode,
+        )
+        return layer.train(pool.training)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return fcf.max_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            self.return_indices,
+        )
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """:class:`torch.nn.AvgPool2d` running fastconv's pooling kernel."""
+
+    @classmethod
+    def from_torch(cls, pool: nn.AvgPool2d) -> AvgPool2d:
+        """The same pooling as ``pool`` (same training mode) on fastconv's kernel."""
+        layer = cls(
+            pool.kernel_size,
+            pool.stride,
+            pool.padding,
+            pool.ceil_mode,
+            pool.count_include_pad,
+            pool.divisor_override,
+        )
+        return layer.train(pool.training)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return fcf.avg_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """:class:`torch.nn.AdaptiveAvgPool2d` running fastconv's pooling kernel."""
+
+    @classmethod
+    def from_torch(cls, pool: nn.AdaptiveAvgPool2d) -> AdaptiveAvgPool2d:
+        """The same pooling as ``pool`` (same training mode) on fastconv's kernel."""
+        return cls(pool.output_size).train(pool.training)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return fcf.adaptive_avg_pool2d(input, self.output_size)
+
+
+# --------------------------------------------------------------------------- convert
+
+_FASTCONV_LAYERS = (Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d)
+_REPLACEMENTS = {
+    nn.Conv2d: Conv2d,
+    nn.MaxPool2d: MaxPool2d,
+    nn.AvgPool2d: AvgPool2d,
+    nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
+}
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did; each entry is (qualified module name, description)."""
+
+    fused: list[tuple[str, str]] = field(default_factory=list)
+    replaced: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"fastconv.convert: {len(self.fused)} fused, {len(self.replaced)} replaced, "
+            f"{len(self.skipped)} skipped"
+        ]
+        for title, entries in (
+            ("fused", self.fused),
+            ("replaced", self.replaced),
+            ("skipped", self.skipped),
+        ):
+            lines += [f"  {title:8} {name}: {text}" for name, text in entries]
+        return "\n".join(lines)
+
+
+def _is_plain_sequential(module: nn.Module) -> bool:
+    """An ``nn.Sequential`` (or subclass) that runs its children in order, unchanged."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _fusable_conv(module: nn.Module) -> bool:
+    """A convolution that a following ReLU can be fused into."""
+    return type(module) in (nn.Conv2d, Conv2d) and _conv_unsupported_reason(module) is None
+
+
+def _replace(module: nn.Module, name: str, report: ConversionReport) -> nn.Module | None:
+    """The fastconv layer for a torch conv/pool ``module``, or None to keep it."""
+    fastconv_class = _REPLACEMENTS.get(type(module))
+    if fastconv_class is not None:
+        reason = _conv_unsupported_reason(module) if fastconv_class is Conv2d else None
+        if reason is not None:
+            report.skipped.append((name, f"{module}: {reason}"))
+            return None
+        report.replaced.append((name, f"{module} -> {fastconv_class.__name__}"))
+        return fastconv_class.from_torch(module)
+    if not isinstance(module, _FASTCONV_LAYERS):
+        base = next((base for base in _REPLACEMENTS if isinstance(module, base)), None)
+        if base is not None:
+            subclass = type(module).__name__
+            report.skipped.append((name, f"{subclass} subclasses nn.{base.__name__}; kept as is"))
+    return None
+
+
+def _convert_children(parent: nn.Module, prefix: str, report: ConversionReport) -> None:
+    """Fuse and replace the children of ``parent`` in place, then recurse into the others."""
+    names = list(parent._modules)
+    fuse_pairs = _is_plain_sequential(parent)
+    for index, name in enumerate(names):
+        child = parent._modules[name]
+        if child is None:
+            continue
+        next_name = names[index + 1] if index + 1 < len(names) else None
+        if fuse_pairs and _fusable_conv(child) and type(parent._modules.get(next_name)) is nn.ReLU:
+            parent._modules[name] = Conv2dReLU.from_torch(child)
+            parent._modules[next_name] = nn.Identity()
+            report.fused.append(
+                (prefix + name, f"{child} + ReLU ({prefix}{next_name}) -> Conv2dReLU")
+            )
+            continue
+        if isinstance(child, tuple(_REPLACEMENTS)):
+            replacement = _replace(child, prefix + name, report)
+            if replacement is not None:
+                parent._modules[name] = replacement
+        else:
+            _convert_children(child, f"{prefix}{name}.", report)
+
+
+def convert(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, ConversionReport]:
+    """Swap ``model``'s convolution and pooling modules for fastconv's; return it and a report.
+
+    Walks every submodule. Inside an ``nn.Sequential``, an ``nn.Conv2d`` immediately followed
+    by ``nn.ReLU`` becomes one :class:`Conv2dReLU` and the ReLU's slot becomes ``nn.Identity``,
+    so indices and ``state_dict`` keys stay valid. Other ``nn.Conv2d``, ``nn.MaxPool2d``,
+    ``nn.AvgPool2d`` and ``nn.AdaptiveAvgPool2d`` become the fastconv layers, sharing the
+    parameters (same device and dtype) and training mode. Modules fastconv cannot run
+    (convolutions with ``groups != 1`` or ``padding_mode != "zeros"``, and subclasses of these
+    classes, whose forward may differ) are kept and listed in ``report.skipped`` with the
+    reason. With ``inplace=False`` the model is deep-copied first and left unchanged.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = ConversionReport()
+    if isinstance(model, tuple(_REPLACEMENTS)):  # the model is a single conv/pool layer
+        replacement = _replace(model, "", report)
+        return (model if replacement is None else replacement), report
+    _convert_children(model, "", report)
+    return model, report

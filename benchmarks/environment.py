@@ -51,8 +51,10 @@ def git_commit() -> str:
 
 def machine_info(options: dict[str, object]) -> dict[str, object]:
     """Device, versions, commit and this run's settings (``options``) for machine_info."""
-    import triton
-
+    try:
+        import triton
+    except ImportError:  # triton ships for Linux only
+        triton = None
     cuda = torch.cuda.is_available()
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
@@ -60,7 +62,7 @@ def machine_info(options: dict[str, object]) -> dict[str, object]:
             "{}.{}".format(*torch.cuda.get_device_capability()) if cuda else None
         ),
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": triton.__version__ if triton else None,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "git_commit": git_commit(),

@@ -45,6 +45,7 @@ PROVIDER_LABELS = {
     "compile": "torch.compile",
     "compile-max-autotune": "compile max-autotune",
 }
+PROVIDER_COLORS = {p: f"C{i}" for i, p in enumerate(PROVIDER_LABELS)}
 KINDS = {
     # kind: (section title, throughput key in extra_info, its unit, eager's label)
     "conv": ("Fused conv2d + bias + ReLU", "tflops", "TFLOP/s", "cuDNN eager"),
@@ -146,7 +147,8 @@ def markdown(run: Run) -> str:
         f"# fastconv benchmarks: {run.device}, {run.date}",
         "",
         "torch {torch}, triton {triton}, CUDA {cuda}, cuDNN {cudnn}; commit `{commit}`; "
-        "cudnn.allow_tf32={tf32}, cudnn.benchmark={bench}, channels_last={cl}.".format(
+        "cudnn.allow_tf32={tf32}, cudnn.benchmark={bench}, channels_last={cl}; "
+        "{threads} CPU threads.".format(
             torch=info.get("torch"),
             triton=info.get("triton"),
             cuda=info.get("cuda"),
@@ -155,6 +157,7 @@ def markdown(run: Run) -> str:
             tf32=info.get("cudnn_allow_tf32"),
             bench=info.get("cudnn_benchmark"),
             cl=info.get("channels_last"),
+            threads=info.get("cpu_threads"),
         ),
         "",
         "GPU times: median CUDA-event time of the timed rounds (inputs refilled with fresh random "
@@ -202,33 +205,58 @@ def markdown(run: Run) -> str:
 
 
 def chart(run: Run, path: Path) -> None:
-    """Horizontal grouped bars of each section's throughput per provider, saved as ``path``."""
+    """Throughput per provider as horizontal bars, saved as ``path``.
+
+    One row of panels per section (kind and precision), one panel per mode, one group of
+    bars per case. Data-pipeline panels use a log scale (decoding and reading the cache
+    differ a hundredfold).
+    """
     parts = sections(run)
     if not parts:
         raise ValueError("the JSON holds no fastconv benchmark cases (no extra_info 'kind')")
-    heights = [1.0 + 0.32 * len(rows) * len(_providers(rows)) for rows in parts.values()]
-    figure, axes = plt.subplots(
-        len(parts), 1, figsize=(10, sum(heights) + 0.5), gridspec_kw={"height_ratios": heights}
-    )
-    axes = [axes] if len(parts) == 1 else list(axes)
-    for ax, ((kind, precision), rows) in zip(axes, parts.items(), strict=True):
-        title, metric, unit, eager_label = KINDS[kind]
+    layout = []  # (section key, rows, modes, providers, panel height in inches)
+    for key, rows in parts.items():
+        modes = list(dict.fromkeys(mode for _, mode in rows))
+        cases = {case for case, _ in rows}
         providers = _providers(rows)
-        bar = 0.8 / len(providers)
-        labels = [f"{case} {mode}" for case, mode in rows]
-        for i, provider in enumerate(providers):
-            values = [rows[row].get(provider, {}).get(metric) or 0.0 for row in rows]
-            positions = [r + i * bar for r in range(len(rows))]
-            label = eager_label if provider == "eager" else PROVIDER_LABELS.get(provider, provider)
-            ax.barh(positions, values, height=bar, label=label)
-        ax.set_yticks([r + 0.4 - bar / 2 for r in range(len(rows))], labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel(unit)
-        ax.set_title(f"{title}, {precision}" if precision else title, fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        layout.append((key, rows, modes, providers, 1.2 + 0.1 * len(cases) * len(providers)))
+    columns = max(len(modes) for _, _, modes, _, _ in layout)
+    figure, axes = plt.subplots(
+        len(layout),
+        columns,
+        figsize=(5.5 * columns, sum(height for *_, height in layout) + 0.6),
+        gridspec_kw={"height_ratios": [height for *_, height in layout]},
+        squeeze=False,
+    )
+    for axes_row, ((kind, precision), rows, modes, providers, _) in zip(axes, layout, strict=True):
+        title, metric, unit, eager_label = KINDS[kind]
+        for ax in axes_row[len(modes) :]:
+            ax.set_visible(False)
+        for ax, mode in zip(axes_row, modes, strict=False):
+            cases = [case for case, row_mode in rows if row_mode == mode]
+            bar = 0.8 / len(providers)
+            for i, provider in enumerate(providers):
+                values = [rows[(case, mode)].get(provider, {}).get(metric) or 0 for case in cases]
+                label = PROVIDER_LABELS.get(provider, provider)
+                ax.barh(
+                    [r + i * bar for r in range(len(cases))],
+                    values,
+                    height=bar,
+                    label=eager_label if provider == "eager" else label,
+                    color=PROVIDER_COLORS.get(provider, "C7"),
+                )
+            ax.set_yticks([r + 0.4 - bar / 2 for r in range(len(cases))], cases, fontsize=7)
+            ax.invert_yaxis()
+            if kind == "data":
+                ax.set_xscale("log")
+            ax.set_xlabel(unit, fontsize=8)
+            ax.tick_params(axis="x", labelsize=7)
+            heading = f"{title}, {precision}" if precision else title
+            ax.set_title(f"{heading}: {mode}", fontsize=9)
+            ax.legend(fontsize=6, loc="best")
     figure.suptitle(f"fastconv benchmarks: {run.device}, {run.date}", fontsize=11)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 

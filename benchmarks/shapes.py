@@ -150,6 +150,8 @@ def model_layer_shapes(
         _, c, h, w = inputs[0].shape
         name = f"{model_name}{image_size}-{names[module]}"
         if isinstance(module, nn.Conv2d):
+            if module.groups != 1:
+                raise NotImplementedError(f"{name}: grouped convolutions are not benchmarked")
             shape = ConvShape(
                 name,
                 batch,

@@ -86,7 +86,7 @@ def test_decode_resize(benchmark, jpeg_root, size, workers):
         case=f"decode+resize {size}px",
         shape=f"{len(paths)} JPEGs of 300-500 x 240-400 px -> {size}x{size}x3 uint8",
         mode=f"{workers} workers" if workers else "1 process",
-        provider="fastconv",
+        provider="fastconv.data",
         images_per_s=len(paths) / seconds,
     )
 
@@ -118,6 +118,6 @@ def test_read_cache(benchmark, cache_64px, workers):
         case="read cache 64px",
         shape=f"{len(indices)} images of 64x64x3 uint8, batches of {LOADER_BATCH}",
         mode=f"{workers} workers" if workers else "1 process",
-        provider="fastconv",
+        provider="fastconv.data",
         images_per_s=len(indices) / seconds,
     )

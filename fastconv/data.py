@@ -181,7 +181,10 @@ def _extract_downloads(data_dir: Path) -> bool:
         targets = targets or [data_dir / zip_path.stem]
         if zip_path.is_file() and not any(t.exists() for t in targets):
             tqdm.write(f"extracting {zip_path} ...")
-            safe_extract_zip(zip_path, data_dir)
+            try:
+                safe_extract_zip(zip_path, data_dir)
+            except (zipfile.BadZipFile, ValueError) as exc:
+                raise DataNotFoundError(f"cannot extract {zip_path}: {exc}") from exc
             extracted = True
     return extracted
 

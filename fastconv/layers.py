@@ -34,13 +34,16 @@ __all__ = [
 # --------------------------------------------------------------------------- layers
 
 
-def _conv_unsupported_reason(conv: nn.Conv2d) -> str | None:
-    """Why fastconv cannot run ``conv``, or None if it can."""
-    if conv.groups != 1:
-        return f"groups={conv.groups} is not supported (fastconv supports groups=1 only)"
-    if conv.padding_mode != "zeros":
+IntOrPair = int | tuple[int, int]
+
+
+def _conv_unsupported_reason(groups: int, padding_mode: str) -> str | None:
+    """Why fastconv cannot run a convolution with these options, or None if it can."""
+    if groups != 1:
+        return f"groups={groups} is not supported (fastconv supports groups=1 only)"
+    if padding_mode != "zeros":
         return (
-            f"padding_mode={conv.padding_mode!r} is not supported "
+            f"padding_mode={padding_mode!r} is not supported "
             "(fastconv supports padding_mode='zeros' only)"
         )
     return None
@@ -57,26 +60,20 @@ class Conv2d(nn.Conv2d):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair | str = 0,
+        dilation: IntOrPair = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
         device=None,
         dtype=None,
     ) -> None:
-        if groups != 1:
-            raise NotImplementedError(
-                f"{type(self).__name__}: groups={groups} is not supported "
-                "(fastconv supports groups=1 only); keep torch.nn.Conv2d for grouped convolutions"
-            )
-        if padding_mode != "zeros":
-            raise ValueError(
-                f"{type(self).__name__}: padding_mode={padding_mode!r} is not supported "
-                "(fastconv supports padding_mode='zeros' only)"
-            )
+        reason = _conv_unsupported_reason(groups, padding_mode)
+        if reason is not None:
+            error = NotImplementedError if groups != 1 else ValueError
+            raise error(f"{type(self).__name__}: {reason}")
         super().__init__(
             in_channels,
             out_channels,
@@ -94,9 +91,6 @@ class Conv2d(nn.Conv2d):
     @classmethod
     def from_torch(cls, conv: nn.Conv2d) -> Conv2d:
         """A layer of this class that shares ``conv``'s parameters and training mode."""
-        reason = _conv_unsupported_reason(conv)
-        if reason is not None:
-            raise NotImplementedError(f"cannot convert {conv}: {reason}")
         layer = cls(
             conv.in_channels,
             conv.out_channels,
@@ -104,8 +98,10 @@ class Conv2d(nn.Conv2d):
             stride=conv.stride,
             padding=conv.padding,
             dilation=conv.dilation,
+            groups=conv.groups,
             bias=conv.bias is not None,
-            device="meta",
+            padding_mode=conv.padding_mode,
+            device="meta",  # no memory: the parameters are conv's
         )
         layer.weight = conv.weight
         layer.bias = conv.bias
@@ -238,14 +234,18 @@ def _is_plain_sequential(module: nn.Module) -> bool:
 
 def _fusable_conv(module: nn.Module) -> bool:
     """A convolution that a following ReLU can be fused into."""
-    return type(module) in (nn.Conv2d, Conv2d) and _conv_unsupported_reason(module) is None
+    if type(module) is nn.Conv2d:
+        return _conv_unsupported_reason(module.groups, module.padding_mode) is None
+    return type(module) is Conv2d
 
 
 def _replace(module: nn.Module, name: str, report: ConversionReport) -> nn.Module | None:
     """The fastconv layer for a torch conv/pool ``module``, or None to keep it."""
     fastconv_class = _REPLACEMENTS.get(type(module))
     if fastconv_class is not None:
-        reason = _conv_unsupported_reason(module) if fastconv_class is Conv2d else None
+        reason = None
+        if fastconv_class is Conv2d:
+            reason = _conv_unsupported_reason(module.groups, module.padding_mode)
         if reason is not None:
             report.skipped.append((name, f"{module}: {reason}"))
             return None

@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", default="submission.csv", help="submission CSV written for folder inputs")
     add("--batch-size", type=int, default=128, help="images per forward pass")
     add("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
-    add("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
+    add(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="decoding processes (0: none); default min(8, cores)",
+    )
     add("--backend", choices=BACKENDS, default="auto", help="fastconv backend (see backend.py)")
     return parser
 

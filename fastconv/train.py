@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=min(8, os.cpu_count() or 1),
-        help="processes decoding images for the cache and loading batches (0: in-process)",
+        help="processes decoding images and loading batches (0: none); default min(8, cores)",
     )
-    add("--out", default=None, help="run folder (default runs/<timestamp>; resume: its folder)")
+    add("--out", default=None, help="run folder; None: runs/<timestamp>, or the resumed run's")
     add("--resume", metavar="PATH", default=None, help="continue the run saved in this last.pt")
     add("--backend", choices=BACKENDS, default="auto", help="fastconv backend (see backend.py)")
     add("--limit", type=int, default=0, metavar="N", help="use at most N images (0: all)")
@@ -517,8 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("epochs", "batch_size", "img_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.limit < 0 or args.workers < 0:
-        parser.error(f"--limit and --workers must be >= 0, got {args.limit} and {args.workers}")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.limit and args.limit < 4:
+        parser.error(f"--limit must be 0 (all images) or >= 4 (2 per class), got {args.limit}")
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     proc = start_process(args.device)

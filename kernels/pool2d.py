@@ -34,11 +34,11 @@ __all__ = [
 Pair = tuple[int, int]
 
 # Elements per program of the elementwise-style kernels, and their warps.
-BLOCK_SIZE = 1024
+BLOCK_SIZE = 256
 NUM_WARPS = 4
 # Adaptive forward: a (BLOCK_M outputs x BLOCK_K window elements) tile of about this many loads.
-ADAPTIVE_TILE = 4096
-ADAPTIVE_MAX_BLOCK_K = 128
+ADAPTIVE_TILE = 1024
+ADAPTIVE_MAX_BLOCK_K = 64
 
 
 # --------------------------------------------------------------------------- helpers

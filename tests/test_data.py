@@ -130,6 +130,12 @@ def test_unsafe_zip_members_are_refused(tmp_path, member):
     assert not dest.exists() or not any(dest.rglob("*.jpg"))
 
 
+def test_broken_zip_is_reported(tmp_path):
+    (tmp_path / "train.zip").write_bytes(b"PK\x03\x04 half a download")
+    with pytest.raises(DataNotFoundError, match="cannot extract .*train.zip"):
+        find_images(tmp_path)
+
+
 def test_no_data_explains_where_to_put_it(tmp_path):
     with pytest.raises(DataNotFoundError) as info:
         find_images(tmp_path)

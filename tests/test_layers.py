@@ -159,9 +159,10 @@ def test_vgg_style_model_matches_torch(triton_backend, record_aten_ops):
 
 
 def test_torch_compile_of_fastconv_model(torch_backend):
+    """On the torch backend the layers trace into one graph, forward and backward."""
     torch.manual_seed(0)
     model = _fastconv_model()
-    compiled = torch.compile(model, backend="eager")
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     x = torch.randn(2, 3, 16, 16, requires_grad=True)
     y_compiled = compiled(x)
     y_compiled.sum().backward()

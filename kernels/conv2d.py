@@ -1,0 +1,584 @@
+"""Fused conv2d + bias + ReLU as Triton implicit-GEMM kernels, forward and backward.
+
+Three kernels, each a tiled matrix product whose operands are gathered straight from the
+4-D tensors (all four strides passed, so NCHW, channels_last and strided views work
+without a copy), accumulating in fp32 and casting on store:
+
+* forward: ``y = relu?(conv2d(x, w) + b)``; M = N*P*Q output pixels, N = K output
+  channels, reduction = C*R*S (loop r, s unrolled, C in BLOCK_K chunks).
+* dgrad: ``grad_x``; M = N*H*W input pixels, N = C input channels, reduction = K*R*S.
+  Pixels are grouped by their stride phase (h mod stride_h, w mod stride_w), so every
+  (r, s) tap either hits a whole tile or none of it: no work is wasted on stride > 1.
+* wgrad: ``grad_w`` (and ``grad_b`` in the same pass); M = K, N = C*R*S, reduction =
+  N*P*Q split across programs (split-K) into an fp32 workspace summed afterwards, which
+  keeps the result deterministic.
+
+When the ReLU was fused, the backward kernels mask ``grad_y`` with ``y > 0`` as they load
+it, from the saved forward output: no masked-gradient tensor is materialized.
+
+fp32 inputs use tf32 tensor cores exactly when ``torch.backends.cudnn.allow_tf32`` is on
+(as cuDNN does) and IEEE fp32 otherwise. Batch offsets are computed in int64, so tensors
+past 2**31 elements are addressed correctly.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastconv.backend import TRITON_INTERPRETER
+
+__all__ = [
+    "WGRAD_ROWS_PER_SPLIT",
+    "conv2d_bwd_input",
+    "conv2d_bwd_weight",
+    "conv2d_fwd",
+    "dgrad_configs",
+    "fwd_configs",
+    "wgrad_configs",
+    "wgrad_split",
+]
+
+Pair = tuple[int, int]
+
+# wgrad split-K: rows (output pixels) reduced by one program, and the programs aimed for.
+WGRAD_ROWS_PER_SPLIT = 64 if TRITON_INTERPRETER else 512
+WGRAD_TARGET_PROGRAMS = 1024
+# Cap on the fp32 wgrad workspace (elements) so huge weights do not split needlessly.
+WGRAD_MAX_WORKSPACE = 1 << 26
+
+
+# --------------------------------------------------------------------------- autotune configs
+
+
+def _config(block_m: int, block_n: int, block_k: int, stages: int, warps: int) -> triton.Config:
+    meta = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
+    return triton.Config(meta, num_stages=stages, num_warps=warps)
+
+
+# Under the interpreter the autotuner would time configs with CUDA events: one config only.
+_INTERPRETER_CONFIGS = [_config(64, 16, 16, 1, 1)]
+
+
+def fwd_configs() -> list[triton.Config]:
+    """Forward tiles (output pixels x output channels x input channels)."""
+    if TRITON_INTERPRETER:
+        return _INTERPRETER_CONFIGS
+    return [
+        _config(128, 128, 32, 3, 8),  # big layers: many pixels and channels
+        _config(128, 64, 32, 4, 4),  # many pixels, fewer output channels
+        _config(64, 128, 32, 4, 4),  # deep layers: few pixels, many channels
+        _config(64, 32, 32, 4, 4),  # small layers (few channels)
+    ]
+
+
+def dgrad_configs() -> list[triton.Config]:
+    """dgrad tiles (input pixels x input channels x output channels)."""
+    if TRITON_INTERPRETER:
+        return _INTERPRETER_CONFIGS
+    return [
+        _config(128, 128, 32, 3, 8),
+        _config(128, 64, 32, 4, 4),
+        _config(64, 64, 32, 4, 4),
+        _config(64, 32, 32, 4, 4),  # first layers: few input channels
+    ]
+
+
+def wgrad_configs() -> list[triton.Config]:
+    """wgrad tiles (output channels x C*R*S x output pixels)."""
+    if TRITON_INTERPRETER:
+        return _INTERPRETER_CONFIGS
+    return [
+        _config(128, 128, 32, 3, 8),
+        _config(64, 128, 32, 4, 4),
+        _config(64, 64, 64, 3, 4),
+        _config(32, 64, 64, 3, 4),  # few output channels
+    ]
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.autotune(configs=fwd_configs(), key=["C", "K", "P", "Q", "R", "S", "stride_h", "stride_w"])
+@triton.jit
+def _conv2d_fwd_kernel(
+    # pointers
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    # shapes
+    N,
+    C,
+    H,
+    W,
+    K,
+    P,
+    Q,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    # strides
+    stride_xn,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    stride_wk,
+    stride_wc,
+    stride_wr,
+    stride_ws,
+    stride_yn,
+    stride_yk,
+    stride_yp,
+    stride_yq,
+    # meta-parameters
+    R: tl.constexpr,
+    S: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    APPLY_RELU: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """y (N, K, P, Q) = relu?(conv2d(x (N, C, H, W), w (K, C, R, S)) + b (K,)).
+
+    P = (H + pad_top + pad_bottom - dil_h*(R-1) - 1) // stride_h + 1 (likewise Q); the
+    bottom/right padding is implied by P, Q. Grid: (cdiv(N*P*Q, BLOCK_M), cdiv(K, BLOCK_N)).
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixel (n, p, q), flattened
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel k
+    offs_k = tl.arange(0, BLOCK_K)  # input channel c within a chunk
+    mask_m = offs_m < N * P * Q
+    mask_n = offs_n < K
+    q = offs_m % Q
+    p = (offs_m // Q) % P
+    n = (offs_m // Q // P).to(tl.int64)
+    x_base = x_ptr + n * stride_xn
+    h0 = p * stride_h - pad_h
+    w0 = q * stride_w - pad_w
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r in tl.static_range(R):
+        h = h0 + r * dil_h
+        mask_h = mask_m & (h >= 0) & (h < H)
+        for s in tl.static_range(S):
+            w = w0 + s * dil_w
+            mask_hw = mask_h & (w >= 0) & (w < W)
+            x_pix = x_base + h * stride_xh + w * stride_xw  # (BLOCK_M,) pointers
+            w_tap = w_ptr + r * stride_wr + s * stride_ws
+            for c0 in range(0, C, BLOCK_K):
+                c = c0 + offs_k
+                mask_c = c < C
+                x_tile = tl.load(
+                    x_pix[:, None] + c[None, :] * stride_xc,
+                    mask=mask_hw[:, None] & mask_c[None, :],
+                    other=0.0,
+                )
+                w_tile = tl.load(
+                    w_tap + c[:, None] * stride_wc + offs_n[None, :] * stride_wk,
+                    mask=mask_c[:, None] & mask_n[None, :],
+                    other=0.0,
+                )
+                acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
+
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    if APPLY_RELU:
+        acc = tl.maximum(acc, 0.0)
+    y_offs = n * stride_yn + p * stride_yp + q * stride_yq
+    y_ptrs = y_ptr + y_offs[:, None] + offs_n[None, :] * stride_yk
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.autotune(
+    configs=dgrad_configs(), key=["C", "K", "H", "W", "R", "S", "stride_h", "stride_w"]
+)
+@triton.jit
+def _conv2d_bwd_input_kernel(
+    # pointers
+    dy_ptr,
+    w_ptr,
+    y_ptr,
+    dx_ptr,
+    # shapes
+    N,
+    C,
+    H,
+    W,
+    K,
+    P,
+    Q,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    # strides
+    stride_dyn,
+    stride_dyk,
+    stride_dyp,
+    stride_dyq,
+    stride_wk,
+    stride_wc,
+    stride_wr,
+    stride_ws,
+    stride_yn,
+    stride_yk,
+    stride_yp,
+    stride_yq,
+    stride_dxn,
+    stride_dxc,
+    stride_dxh,
+    stride_dxw,
+    # meta-parameters
+    R: tl.constexpr,
+    S: tl.constexpr,
+    RELU_MASK: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """grad_x (N, C, H, W) from grad_y (N, K, P, Q) and w (K, C, R, S).
+
+    grad_x[n, c, h, w] = sum_{k, r, s} g[n, k, p, q] * w[k, c, r, s] over the taps with
+    h = p*stride_h - pad_h + r*dil_h (likewise w, q) and 0 <= p < P, 0 <= q < Q, where
+    g = grad_y * (y > 0) if RELU_MASK else grad_y. Grid: (cdiv(N*cdiv(H, stride_h)*
+    cdiv(W, stride_w), BLOCK_M), cdiv(C, BLOCK_N), stride_h*stride_w): axis 2 is the stride
+    phase (h mod stride_h, w mod stride_w) shared by the tile's pixels, so a tap r either
+    divides (h + pad_h - r*dil_h) by stride_h for the whole tile or for none of it.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    phase = tl.program_id(2)
+    phase_h = phase // stride_w
+    phase_w = phase % stride_w
+    H_phase = tl.cdiv(H, stride_h)  # pixels per phase row (an upper bound, masked below)
+    W_phase = tl.cdiv(W, stride_w)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixel of this phase, flattened
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel c
+    offs_k = tl.arange(0, BLOCK_K)  # output channel k within a chunk
+    j = offs_m % W_phase
+    i = (offs_m // W_phase) % H_phase
+    n = (offs_m // W_phase // H_phase).to(tl.int64)
+    h = phase_h + i * stride_h
+    w = phase_w + j * stride_w
+    mask_m = (offs_m < N * H_phase * W_phase) & (h < H) & (w < W)
+    mask_n = offs_n < C
+    dy_base = dy_ptr + n * stride_dyn
+    y_base = y_ptr + n * stride_yn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r in tl.static_range(R):
+        # (phase_h + pad_h - r*dil_h) mod stride_h, written with non-negative operands.
+        if (phase_h + pad_h + r * dil_h * (stride_h - 1)) % stride_h == 0:
+            p = (h + pad_h - r * dil_h) // stride_h  # exact division: same in C and Python
+            mask_p = mask_m & (p >= 0) & (p < P)
+            for s in tl.static_range(S):
+                if (phase_w + pad_w + s * dil_w * (stride_w - 1)) % stride_w == 0:
+                    q = (w + pad_w - s * dil_w) // stride_w
+                    mask_pq = mask_p & (q >= 0) & (q < Q)
+                    dy_pix = dy_base + p * stride_dyp + q * stride_dyq
+                    y_pix = y_base + p * stride_yp + q * stride_yq
+                    w_tap = w_ptr + r * stride_wr + s * stride_ws
+                    for k0 in range(0, K, BLOCK_K):
+                        k = k0 + offs_k
+                        mask_k = k < K
+                        mask_g = mask_pq[:, None] & mask_k[None, :]
+                        g = tl.load(
+                            dy_pix[:, None] + k[None, :] * stride_dyk, mask=mask_g, other=0.0
+                        )
+                        if RELU_MASK:
+                            y = tl.load(
+                                y_pix[:, None] + k[None, :] * stride_yk, mask=mask_g, other=0.0
+                            )
+                            g = tl.where(y > 0, g, 0.0)
+                        w_tile = tl.load(
+                            w_tap + k[:, None] * stride_wk + offs_n[None, :] * stride_wc,
+                            mask=mask_k[:, None] & mask_n[None, :],
+                            other=0.0,
+                        )
+                        acc = tl.dot(
+                            g.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION
+                        )
+
+    dx_offs = n * stride_dxn + h * stride_dxh + w * stride_dxw
+    dx_ptrs = dx_ptr + dx_offs[:, None] + offs_n[None, :] * stride_dxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.autotune(configs=wgrad_configs(), key=["C", "K", "P", "Q", "R", "S", "rows_per_split"])
+@triton.jit
+def _conv2d_bwd_weight_kernel(
+    # pointers
+    dy_ptr,
+    x_ptr,
+    y_ptr,
+    dw_ptr,
+    db_ptr,
+    # shapes
+    N,
+    C,
+    H,
+    W,
+    K,
+    P,
+    Q,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    rows_per_split,
+    # strides
+    stride_dyn,
+    stride_dyk,
+    stride_dyp,
+    stride_dyq,
+    stride_xn,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    stride_yn,
+    stride_yk,
+    stride_yp,
+    stride_yq,
+    # meta-parameters
+    R: tl.constexpr,
+    S: tl.constexpr,
+    RELU_MASK: tl.constexpr,
+    BIAS_GRAD: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Partial grad_w (SPLIT, K, C*R*S) and grad_b (SPLIT, K) in fp32 over a slice of N*P*Q.
+
+    grad_w[k, c, r, s] = sum_{n, p, q} g[n, k, p, q] * x[n, c, p*stride_h - pad_h + r*dil_h,
+    q*stride_w - pad_w + s*dil_w] and grad_b[k] = sum_{n, p, q} g[n, k, p, q], with
+    g = grad_y * (y > 0) if RELU_MASK else grad_y (grad_y, y: (N, K, P, Q); x: (N, C, H, W)).
+    Program z of grid axis 2 reduces rows [z*rows_per_split, (z+1)*rows_per_split) of the
+    N*P*Q pixels; the caller sums the SPLIT partial results. Grid: (cdiv(K, BLOCK_M),
+    cdiv(C*R*S, BLOCK_N), SPLIT). grad_b is written by the programs with pid_n == 0.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_z = tl.program_id(2)
+    CRS = C * R * S
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel k
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (c, r, s), flattened
+    offs_k = tl.arange(0, BLOCK_K)  # output pixel (n, p, q) within a chunk
+    mask_m = offs_m < K
+    mask_n = offs_n < CRS
+    s = offs_n % S
+    r = (offs_n // S) % R
+    c = offs_n // (R * S)
+    row_start = pid_z * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, N * P * Q)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    bias_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for row0 in range(row_start, row_end, BLOCK_K):
+        rows = row0 + offs_k
+        mask_rows = rows < row_end
+        q = rows % Q
+        p = (rows // Q) % P
+        n = (rows // Q // P).to(tl.int64)
+        # g^T tile (BLOCK_M channels, BLOCK_K pixels)
+        mask_g = mask_m[:, None] & mask_rows[None, :]
+        dy_pix = n * stride_dyn + p * stride_dyp + q * stride_dyq
+        g = tl.load(dy_ptr + offs_m[:, None] * stride_dyk + dy_pix[None, :], mask=mask_g, other=0.0)
+        if RELU_MASK:
+            y_pix = n * stride_yn + p * stride_yp + q * stride_yq
+            y = tl.load(
+                y_ptr + offs_m[:, None] * stride_yk + y_pix[None, :], mask=mask_g, other=0.0
+            )
+            g = tl.where(y > 0, g, 0.0)
+        # x tile (BLOCK_K pixels, BLOCK_N taps)
+        h = (p * stride_h - pad_h)[:, None] + (r * dil_h)[None, :]
+        w = (q * stride_w - pad_w)[:, None] + (s * dil_w)[None, :]
+        mask_x = mask_rows[:, None] & mask_n[None, :] & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        x_offs = (n * stride_xn)[:, None] + (c * stride_xc)[None, :] + h * stride_xh
+        x_tile = tl.load(x_ptr + x_offs + w * stride_xw, mask=mask_x, other=0.0)
+        acc = tl.dot(g.to(x_tile.dtype), x_tile, acc, input_precision=INPUT_PRECISION)
+        if BIAS_GRAD:
+            bias_acc += tl.sum(g.to(tl.float32), axis=1)
+
+    dw_ptrs = dw_ptr + pid_z * K * CRS + offs_m[:, None] * CRS + offs_n[None, :]
+    tl.store(dw_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+    if BIAS_GRAD:
+        tl.store(db_ptr + pid_z * K + offs_m, bias_acc, mask=mask_m & (pid_n == 0))
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    """tf32 for fp32 exactly when cuDNN may use it; fp16/bf16 dots are unaffected."""
+    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    """channels_last when ``t`` (N, C, H, W) is laid out channels-last, else contiguous."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.is_contiguous(memory_format=torch.channels_last) or t.stride(1) < min(
+        t.stride(2), t.stride(3)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty_like_format(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An empty (N, C, H, W) tensor of ``shape`` in ``like``'s memory format, dtype and device."""
+    return torch.empty(
+        shape, dtype=like.dtype, device=like.device, memory_format=_memory_format(like)
+    )
+
+
+def _relu_output_or_placeholder(relu_output: Tensor | None, grad_y: Tensor) -> Tensor:
+    """The saved output for the ReLU mask, or ``grad_y`` as an unread stand-in pointer."""
+    return grad_y if relu_output is None else relu_output
+
+
+def conv2d_fwd(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    output_size: Pair,
+    apply_relu: bool,
+) -> Tensor:
+    """``relu?(conv2d(x, weight) + bias)``: x (N, C, H, W), weight (K, C, R, S) -> (N, K, P, Q).
+
+    ``padding`` is the top/left padding; ``output_size`` (P, Q) implies the bottom/right one.
+    The output has x's dtype and memory format (NCHW or channels_last).
+    """
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    p, q = output_size
+    y = _empty_like_format((n, k, p, q), x)
+    if y.numel() == 0:
+        return y
+    b = weight if bias is None else bias  # placeholder pointer, never read without HAS_BIAS
+
+    def grid(meta):
+        return triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"])
+
+    _conv2d_fwd_kernel[grid](
+        x, weight, b, y,
+        n, c, h, w, k, p, q, *stride, *padding, *dilation,
+        *x.stride(), *weight.stride(), *y.stride(),
+        R=r, S=s, HAS_BIAS=bias is not None, APPLY_RELU=apply_relu,
+        INPUT_PRECISION=_input_precision(x.dtype),
+    )  # fmt: skip
+    return y
+
+
+def conv2d_bwd_input(
+    grad_y: Tensor,
+    weight: Tensor,
+    relu_output: Tensor | None,
+    input_shape: torch.Size | tuple[int, int, int, int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+) -> Tensor:
+    """grad_x (N, C, H, W) of the conv from grad_y (N, K, P, Q) and weight (K, C, R, S).
+
+    ``relu_output`` is the forward output y when the ReLU was fused (grad_y is masked by
+    y > 0 inside the kernel), else None. grad_x takes grad_y's memory format.
+    """
+    n, c, h, w = input_shape
+    k, _, r, s = weight.shape
+    p, q = grad_y.shape[2:]
+    grad_x = _empty_like_format((n, c, h, w), grad_y)
+    if grad_x.numel() == 0:
+        return grad_x
+    if grad_y.numel() == 0:
+        return grad_x.zero_()
+    y = _relu_output_or_placeholder(relu_output, grad_y)
+    pixels_per_phase = n * triton.cdiv(h, stride[0]) * triton.cdiv(w, stride[1])
+
+    def grid(meta):
+        return (
+            triton.cdiv(pixels_per_phase, meta["BLOCK_M"]),
+            triton.cdiv(c, meta["BLOCK_N"]),
+            stride[0] * stride[1],
+        )
+
+    _conv2d_bwd_input_kernel[grid](
+        grad_y, weight, y, grad_x,
+        n, c, h, w, k, p, q, *stride, *padding, *dilation,
+        *grad_y.stride(), *weight.stride(), *y.stride(), *grad_x.stride(),
+        R=r, S=s, RELU_MASK=relu_output is not None,
+        INPUT_PRECISION=_input_precision(grad_y.dtype),
+    )  # fmt: skip
+    return grad_x
+
+
+def wgrad_split(rows: int, weight_numel: int) -> int:
+    """How many programs share the N*P*Q reduction of wgrad (split-K), at least 1."""
+    by_rows = triton.cdiv(rows, WGRAD_ROWS_PER_SPLIT)
+    by_workspace = max(1, WGRAD_MAX_WORKSPACE // weight_numel)
+    by_programs = max(1, WGRAD_TARGET_PROGRAMS * 64 * 64 // weight_numel)
+    return max(1, min(by_rows, by_workspace, by_programs))
+
+
+def conv2d_bwd_weight(
+    grad_y: Tensor,
+    x: Tensor,
+    relu_output: Tensor | None,
+    weight_shape: torch.Size | tuple[int, int, int, int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    need_bias_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """(grad_w (K, C, R, S), grad_b (K,) or None) from grad_y (N, K, P, Q) and x (N, C, H, W).
+
+    ``relu_output`` is the forward output y when the ReLU was fused, else None. The N*P*Q
+    reduction is split across programs into an fp32 workspace, then summed and cast to x's
+    dtype.
+    """
+    n, c, h, w = x.shape
+    k, _, r, s = weight_shape
+    p, q = grad_y.shape[2:]
+    rows = n * p * q
+    split = wgrad_split(rows, k * c * r * s)
+    rows_per_split = triton.cdiv(rows, split)
+    split = triton.cdiv(rows, rows_per_split) if rows else 1
+    grad_w_parts = torch.zeros((split, k, c * r * s), dtype=torch.float32, device=x.device)
+    grad_b_parts = torch.zeros((split, k), dtype=torch.float32, device=x.device)
+    if rows > 0 and grad_w_parts.numel() > 0:
+        y = _relu_output_or_placeholder(relu_output, grad_y)
+
+        def grid(meta):
+            return triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(c * r * s, meta["BLOCK_N"]), split
+
+        _conv2d_bwd_weight_kernel[grid](
+            grad_y, x, y, grad_w_parts, grad_b_parts,
+            n, c, h, w, k, p, q, *stride, *padding, *dilation, rows_per_split,
+            *grad_y.stride(), *x.stride(), *y.stride(),
+            R=r, S=s, RELU_MASK=relu_output is not None, BIAS_GRAD=need_bias_grad,
+            INPUT_PRECISION=_input_precision(x.dtype),
+        )  # fmt: skip
+    grad_w = grad_w_parts.sum(0).view(k, c, r, s).to(x.dtype)
+    grad_b = grad_b_parts.sum(0).to(x.dtype) if need_bias_grad else None
+    return grad_w, grad_b

@@ -1,9 +1,10 @@
 """Correctness checks run once per case before it is timed, so a wrong kernel fails its benchmark.
 
-The reference is the same op in float64 on the same inputs. Errors are measured as
-``max|actual - reference| / max|reference|`` per tensor and must stay under a per-dtype
-tolerance (float32 is compared as TF32 when ``torch.backends.cudnn.allow_tf32`` lets cuDNN
-and the fastconv kernels use it, as it does by default).
+The reference is the same op (or model) in float64 on the same inputs. Per-op errors are
+``max|actual - reference| / max|reference|`` per tensor (the whole-model check uses relative
+L2 norms, see :func:`check_model`) and must stay under a per-dtype tolerance. float32 is
+compared as TF32 when ``torch.backends.cudnn.allow_tf32`` lets cuDNN and the fastconv
+kernels use it, as it does by default.
 
 The ReLU's backward mask is taken from the checked provider's own output (``y > 0``), so an
 output within rounding of zero that the low-precision forward put on the other side of the

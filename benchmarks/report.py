@@ -1,8 +1,9 @@
 """Render a ``--benchmark-json`` file as a markdown table and a PNG chart.
 
     python -m benchmarks.report RESULTS.json          # writes RESULTS.md and RESULTS.png
-    python -m benchmarks.report RESULTS.json --save   # copies the run into benchmarks/results/
+    python -m benchmarks.report RESULTS.json --save   # saves the run into benchmarks/results/
                                                       # as <device-slug>-<YYYY-MM-DD>.json/.md/.png
+    python -m benchmarks.report A.json B.json --save  # a suite run in parts, on one device
 
 One table per kind of case (convolution, pooling, model training step, data pipeline) and
 precision, one row per shape and mode, one column group per provider: time, throughput
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +29,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-# Dense (no sparsity) tensor-core peaks in TFLOP/s from NVIDIA's datasheets, by a fragment of
+# Dense (no sparsity) peaks in TFLOP/s from NVIDIA's datasheets, by a fragment of
 # torch.cuda.get_device_name(); the first matching fragment wins, so variants come first.
+# bf16, fp16, tf32: tensor cores; fp32: CUDA cores (float32 convolutions with TF32 off).
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
     ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    ("H200 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}),
     ("H100", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),  # SXM
     ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),
     ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
@@ -69,6 +71,33 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def device_name(data: dict) -> str:
+    """The GPU of a ``--benchmark-json`` document, or ``CPU <brand>`` for a run without one."""
+    machine = data.get("machine_info", {})
+    device = machine.get("fastconv", {}).get("device") or "unknown"
+    if device == "cpu":
+        return f"CPU {machine.get('cpu', {}).get('brand_raw', '')}".strip()
+    return device
+
+
+def merge(paths: list[Path]) -> dict:
+    """One ``--benchmark-json`` document from runs on one device (e.g. a suite run in parts).
+
+    Machine and commit info come from the first file; the cases of all files are kept (a
+    case present in several files is shown as the last file has it).
+    """
+    merged = json.loads(paths[0].read_text())
+    for path in paths[1:]:
+        data = json.loads(path.read_text())
+        if device_name(data) != device_name(merged):
+            raise ValueError(
+                f"{path} ran on {device_name(data)} but {paths[0]} on {device_name(merged)}: "
+                "only runs on the same device can be rendered together"
+            )
+        merged["benchmarks"] = merged.get("benchmarks", []) + data.get("benchmarks", [])
+    return merged
+
+
 @dataclass
 class Run:
     """A ``--benchmark-json`` file: machine info and the cases' extra_info and stats."""
@@ -79,13 +108,8 @@ class Run:
     cases: list[dict] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path) -> Run:
-        data = json.loads(path.read_text())
+    def from_json(cls, data: dict) -> Run:
         info = data.get("machine_info", {}).get("fastconv", {})
-        device = info.get("device") or "unknown"
-        if device == "cpu":
-            brand = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "")
-            device = f"CPU {brand}".strip()
         cases = []
         for bench in data.get("benchmarks", []):
             extra = dict(bench.get("extra_info", {}))
@@ -94,7 +118,7 @@ class Run:
             stats = bench.get("stats") or {}
             extra.setdefault("wall_ms", 1e3 * stats["median"] if "median" in stats else None)
             cases.append(extra)
-        return cls(device, data.get("datetime", "")[:10], info, cases)
+        return cls(device_name(data), data.get("datetime", "")[:10], info, cases)
 
     @property
     def stem(self) -> str:
@@ -161,9 +185,11 @@ def markdown(run: Run) -> str:
         ),
         "",
         "GPU times: median CUDA-event time of the timed rounds (inputs refilled with fresh random "
-        "numbers and L2 flushed before each, warm-up excluded). CPU times: median wall time. "
-        "`x eager` is eager time / provider time, eager timed in the same session "
-        "(cuDNN for convolutions). Conv TFLOP/s count 2*N*K*P*Q*C*R*S per pass "
+        "numbers and L2 flushed before each, warm-up excluded); the JSON's own pytest-benchmark "
+        "stats hold the host wall time of the same synchronized rounds, launch overhead "
+        "included. CPU times: median wall time. "
+        "`A x B` columns: B's time / A's time, the speed-up of A over eager B timed in the same "
+        "session. Conv TFLOP/s count 2*N*K*P*Q*C*R*S per pass "
         "(bwd = 2 passes, fwd+bwd = 3); pooling GB/s count each input read and output "
         "written once.",
     ]
@@ -181,7 +207,7 @@ def markdown(run: Run) -> str:
             if kind == "conv" and p in ("fastconv", "eager"):
                 header.append(f"{label} % peak")
         compared = [p for p in providers if p != "eager"] if "eager" in providers else []
-        header += [f"{PROVIDER_LABELS.get(p, p)} x eager" for p in compared]
+        header += [f"{PROVIDER_LABELS.get(p, p)} x {eager_label}" for p in compared]
         lines += ["", f"## {heading}", "", "| " + " | ".join(header) + " |"]
         lines.append("|" + "---|" * len(header))
         for (case, mode), by_provider in rows.items():
@@ -264,22 +290,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("results", type=Path, help="a pytest --benchmark-json file")
+    parser.add_argument(
+        "results",
+        type=Path,
+        nargs="+",
+        help="pytest --benchmark-json files of one device (several: rendered together)",
+    )
     parser.add_argument(
         "--save",
         action="store_true",
-        help=f"copy the run into {RESULTS_DIR} as <device-slug>-<date>.json and render it there",
+        help=f"save the run into {RESULTS_DIR} as <device-slug>-<date>.json and render it there",
     )
     args = parser.parse_args(argv)
-    run = Run.load(args.results)
+    data = merge(args.results)
+    run = Run.from_json(data)
     if args.save:
         RESULTS_DIR.mkdir(exist_ok=True)
         folder, stem = RESULTS_DIR, run.stem
         saved = folder / f"{stem}.json"
-        if args.results.resolve() != saved:
-            shutil.copyfile(args.results, saved)
+        if [p.resolve() for p in args.results] != [saved]:
+            saved.write_text(json.dumps(data, indent=4) + "\n")
+    elif len(args.results) == 1:
+        folder, stem = args.results[0].parent, args.results[0].stem
     else:
-        folder, stem = args.results.parent, args.results.stem
+        folder, stem = args.results[0].parent, run.stem
     table, figure = folder / f"{stem}.md", folder / f"{stem}.png"
     table.write_text(markdown(run))
     chart(run, figure)

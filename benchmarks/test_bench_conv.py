@@ -27,13 +27,12 @@ def conv_inputs(
     shape: ConvShape, dtype: torch.dtype, memory_format: torch.memory_format
 ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """Random ((x, w, b), grad_y) on the GPU; w is scaled so that y has unit variance."""
-    device = CUDA
     p, q = shape.output_hw
     fan_in = shape.c * shape.r * shape.s
-    x = torch.randn(shape.n, shape.c, shape.h, shape.w, device=device)
-    w = torch.randn(shape.k, shape.c, shape.r, shape.s, device=device) / fan_in**0.5
-    b = 0.5 * torch.randn(shape.k, device=device)
-    grad_y = torch.randn(shape.n, shape.k, p, q, device=device)
+    x = torch.randn(shape.n, shape.c, shape.h, shape.w, device=CUDA)
+    w = torch.randn(shape.k, shape.c, shape.r, shape.s, device=CUDA) / fan_in**0.5
+    b = 0.5 * torch.randn(shape.k, device=CUDA)
+    grad_y = torch.randn(shape.n, shape.k, p, q, device=CUDA)
     inputs = tuple(
         t.to(
             dtype=dtype, memory_format=memory_format if t.dim() == 4 else torch.preserve_format

@@ -30,7 +30,7 @@ from fastconv.train import build_optimizer
 
 GPU_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # name -> autocast dtype
 CPU_IMAGE_SIZE = 64
-CPU_ROUNDS = 3
+CPU_ROUNDS = 5
 NUM_CLASSES = 2
 
 
@@ -103,11 +103,10 @@ def test_train_step_gpu(benchmark, eager_baseline, memory_format, size, precisio
     label = "bf16 autocast" if autocast_dtype else conv_math(torch.float32)
     case = f"model {MODEL_NAME}@{size}px {label}"
     benchmark.group = case
-    device = CUDA
     torch.manual_seed(0)
-    fastconv_model = build_model(MODEL_NAME, NUM_CLASSES).to(device, memory_format=memory_format)
+    fastconv_model = build_model(MODEL_NAME, NUM_CLASSES).to(CUDA, memory_format=memory_format)
     reference = torch_nn_twin(fastconv_model).double()
-    images, labels = random_batch(size, device, memory_format)
+    images, labels = random_batch(size, CUDA, memory_format)
     with provider_backend(provider):
         model = provider_model(provider, fastconv_model)
         check_model(model, reference, images, labels, autocast_dtype)

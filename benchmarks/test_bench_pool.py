@@ -39,11 +39,10 @@ def bytes_moved(shape: PoolShape, output: torch.Tensor, mode: str) -> int:
 def test_pool2d(benchmark, eager_baseline, memory_format, shape, dtype, mode, provider):
     case = f"pool {shape.name} {DTYPE_NAMES[dtype]} {mode}"
     benchmark.group = case
-    device = CUDA
     if shape.op == "max_pool2d":
-        x = tie_free_pool_input(shape, dtype, device)
+        x = tie_free_pool_input(shape, dtype, CUDA)
     else:
-        x = torch.randn(shape.n, shape.c, shape.h, shape.w, device=device, dtype=dtype)
+        x = torch.randn(shape.n, shape.c, shape.h, shape.w, device=CUDA, dtype=dtype)
     x = x.contiguous(memory_format=memory_format).requires_grad_()
     grad_y = torch.randn_like(getattr(F, shape.op)(x.detach(), **shape.kwargs))
     with provider_backend(provider):

@@ -249,7 +249,7 @@ def _replace(module: nn.Module, name: str, report: ConversionReport) -> nn.Modul
         if reason is not None:
             report.skipped.append((name, f"{module}: {reason}"))
             return None
-        report.replaced.append((name, f"{module} -> {fastconv_class.__name__}"))
+        report.replaced.append((name, f"{module} -> fastconv {fastconv_class.__name__}"))
         return fastconv_class.from_torch(module)
     if not isinstance(module, _FASTCONV_LAYERS):
         base = next((base for base in _REPLACEMENTS if isinstance(module, base)), None)
@@ -272,7 +272,7 @@ def _convert_children(parent: nn.Module, prefix: str, report: ConversionReport) 
             parent._modules[name] = Conv2dReLU.from_torch(child)
             parent._modules[next_name] = nn.Identity()
             report.fused.append(
-                (prefix + name, f"{child} + ReLU ({prefix}{next_name}) -> Conv2dReLU")
+                (prefix + name, f"{child} + ReLU ({prefix}{next_name}) -> fastconv Conv2dReLU")
             )
             continue
         if isinstance(child, tuple(_REPLACEMENTS)):

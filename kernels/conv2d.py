@@ -5,7 +5,7 @@ Three kernels, each a tiled matrix product whose operands are gathered straight 
 without a copy), accumulating in fp32 and casting on store:
 
 * forward: ``y = relu?(conv2d(x, w) + b)``; M = N*P*Q output pixels, N = K output
-  channels, reduction = C*R*S (loop r, s unrolled, C in BLOCK_K chunks).
+  channels, reduction = C*R*S (one loop over taps r, s and C in BLOCK_K chunks).
 * dgrad: ``grad_x``; M = N*H*W input pixels, N = C input channels, reduction = K*R*S.
   Pixels are grouped by their stride phase (h mod stride_h, w mod stride_w), so every
   (r, s) tap either hits a whole tile or none of it: no work is wasted on stride > 1.
@@ -67,10 +67,9 @@ def fwd_configs() -> list[triton.Config]:
     if TRITON_INTERPRETER:
         return _INTERPRETER_CONFIGS
     return [
-        _config(128, 128, 32, 3, 8),  # big layers: many pixels and channels
-        _config(128, 64, 32, 4, 4),  # many pixels, fewer output channels
-        _config(64, 128, 32, 4, 4),  # deep layers: few pixels, many channels
-        _config(64, 32, 32, 4, 4),  # small layers (few channels)
+        _config(128, 64, 32, 3, 8),  # many pixels (early layers)
+        _config(64, 128, 32, 3, 8),  # many output channels (deep layers)
+        _config(64, 32, 32, 4, 4),  # small layers
     ]
 
 
@@ -79,10 +78,9 @@ def dgrad_configs() -> list[triton.Config]:
     if TRITON_INTERPRETER:
         return _INTERPRETER_CONFIGS
     return [
-        _config(128, 128, 32, 3, 8),
-        _config(128, 64, 32, 4, 4),
-        _config(64, 64, 32, 4, 4),
-        _config(64, 32, 32, 4, 4),  # first layers: few input channels
+        _config(64, 128, 32, 3, 8),
+        _config(128, 64, 16, 3, 8),  # BLOCK_K 16: fp32 spills registers at 32
+        _config(64, 64, 16, 3, 4),
     ]
 
 
@@ -91,10 +89,9 @@ def wgrad_configs() -> list[triton.Config]:
     if TRITON_INTERPRETER:
         return _INTERPRETER_CONFIGS
     return [
-        _config(128, 128, 32, 3, 8),
-        _config(64, 128, 32, 4, 4),
-        _config(64, 64, 64, 3, 4),
-        _config(32, 64, 64, 3, 4),  # few output channels
+        _config(128, 64, 32, 3, 8),
+        _config(64, 128, 32, 3, 8),
+        _config(64, 32, 32, 4, 4),  # few output channels
     ]
 
 
@@ -166,28 +163,29 @@ def _conv2d_fwd_kernel(
     w0 = q * stride_w - pad_w
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r in tl.static_range(R):
+    # One flat loop over (tap r, s) x (channel chunk), so the pipeliner overlaps loads across
+    # taps too (a 3-channel first layer has a single chunk per tap).
+    c_chunks = tl.cdiv(C, BLOCK_K)
+    for step in range(R * S * c_chunks):
+        tap = step // c_chunks
+        c = (step % c_chunks) * BLOCK_K + offs_k
+        r = tap // S
+        s = tap % S
         h = h0 + r * dil_h
-        mask_h = mask_m & (h >= 0) & (h < H)
-        for s in tl.static_range(S):
-            w = w0 + s * dil_w
-            mask_hw = mask_h & (w >= 0) & (w < W)
-            x_pix = x_base + h * stride_xh + w * stride_xw  # (BLOCK_M,) pointers
-            w_tap = w_ptr + r * stride_wr + s * stride_ws
-            for c0 in range(0, C, BLOCK_K):
-                c = c0 + offs_k
-                mask_c = c < C
-                x_tile = tl.load(
-                    x_pix[:, None] + c[None, :] * stride_xc,
-                    mask=mask_hw[:, None] & mask_c[None, :],
-                    other=0.0,
-                )
-                w_tile = tl.load(
-                    w_tap + c[:, None] * stride_wc + offs_n[None, :] * stride_wk,
-                    mask=mask_c[:, None] & mask_n[None, :],
-                    other=0.0,
-                )
-                acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
+        w = w0 + s * dil_w
+        mask_hw = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        mask_c = c < C
+        x_offs = (h * stride_xh + w * stride_xw)[:, None] + c[None, :] * stride_xc
+        x_tile = tl.load(
+            x_base[:, None] + x_offs, mask=mask_hw[:, None] & mask_c[None, :], other=0.0
+        )
+        w_offs = r * stride_wr + s * stride_ws + c[:, None] * stride_wc
+        w_tile = tl.load(
+            w_ptr + w_offs + offs_n[None, :] * stride_wk,
+            mask=mask_c[:, None] & mask_n[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
 
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
@@ -279,38 +277,41 @@ def _conv2d_bwd_input_kernel(
     y_base = y_ptr + n * stride_yn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r in tl.static_range(R):
-        # (phase_h + pad_h - r*dil_h) mod stride_h, written with non-negative operands.
-        if (phase_h + pad_h + r * dil_h * (stride_h - 1)) % stride_h == 0:
-            p = (h + pad_h - r * dil_h) // stride_h  # exact division: same in C and Python
-            mask_p = mask_m & (p >= 0) & (p < P)
-            for s in tl.static_range(S):
-                if (phase_w + pad_w + s * dil_w * (stride_w - 1)) % stride_w == 0:
-                    q = (w + pad_w - s * dil_w) // stride_w
-                    mask_pq = mask_p & (q >= 0) & (q < Q)
-                    dy_pix = dy_base + p * stride_dyp + q * stride_dyq
-                    y_pix = y_base + p * stride_yp + q * stride_yq
-                    w_tap = w_ptr + r * stride_wr + s * stride_ws
-                    for k0 in range(0, K, BLOCK_K):
-                        k = k0 + offs_k
-                        mask_k = k < K
-                        mask_g = mask_pq[:, None] & mask_k[None, :]
-                        g = tl.load(
-                            dy_pix[:, None] + k[None, :] * stride_dyk, mask=mask_g, other=0.0
-                        )
-                        if RELU_MASK:
-                            y = tl.load(
-                                y_pix[:, None] + k[None, :] * stride_yk, mask=mask_g, other=0.0
-                            )
-                            g = tl.where(y > 0, g, 0.0)
-                        w_tile = tl.load(
-                            w_tap + k[:, None] * stride_wk + offs_n[None, :] * stride_wc,
-                            mask=mask_k[:, None] & mask_n[None, :],
-                            other=0.0,
-                        )
-                        acc = tl.dot(
-                            g.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION
-                        )
+    # One flat loop over (tap r, s) x (output-channel chunk), as in the forward. A tap whose
+    # stride phase does not match the tile's is masked off as a whole (no memory traffic).
+    k_chunks = tl.cdiv(K, BLOCK_K)
+    for step in range(R * S * k_chunks):
+        tap = step // k_chunks
+        k = (step % k_chunks) * BLOCK_K + offs_k
+        r = tap // S
+        s = tap % S
+        # Does stride_h divide (h + pad_h - r*dil_h)? Written with non-negative operands.
+        hit_h = (phase_h + pad_h + r * dil_h * (stride_h - 1)) % stride_h == 0
+        hit_w = (phase_w + pad_w + s * dil_w * (stride_w - 1)) % stride_w == 0
+        p = (h + pad_h - r * dil_h) // stride_h  # exact where hit_h: same in C and Python
+        q = (w + pad_w - s * dil_w) // stride_w
+        mask_pq = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q) & hit_h & hit_w
+        mask_k = k < K
+        mask_g = mask_pq[:, None] & mask_k[None, :]
+        g = tl.load(
+            dy_base[:, None] + (p * stride_dyp + q * stride_dyq)[:, None] + k[None, :] * stride_dyk,
+            mask=mask_g,
+            other=0.0,
+        )
+        if RELU_MASK:
+            y = tl.load(
+                y_base[:, None] + (p * stride_yp + q * stride_yq)[:, None] + k[None, :] * stride_yk,
+                mask=mask_g,
+                other=0.0,
+            )
+            g = tl.where(y > 0, g, 0.0)
+        w_offs = r * stride_wr + s * stride_ws + k[:, None] * stride_wk
+        w_tile = tl.load(
+            w_ptr + w_offs + offs_n[None, :] * stride_wc,
+            mask=mask_k[:, None] & mask_n[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(g.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION)
 
     dx_offs = n * stride_dxn + h * stride_dxh + w * stride_dxw
     dx_ptrs = dx_ptr + dx_offs[:, None] + offs_n[None, :] * stride_dxc

@@ -131,17 +131,18 @@ def test_max_pool_return_indices_matches_torch(device, triton_backend, record_at
     assert torch.equal(indices, expected_indices)
 
 
-def test_vgg_style_model_matches_torch(triton_backend, record_aten_ops):
+def test_vgg_style_model_matches_torch(device, triton_backend, record_aten_ops, monkeypatch):
     """Output and every gradient of the fastconv model (Triton, float32) vs torch (float64)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full fp32 on a GPU too
     torch.manual_seed(0)
-    fastconv_model = _fastconv_model()
-    torch_model = _torch_model().double()
+    fastconv_model = _fastconv_model().to(device)
+    torch_model = _torch_model().to(device).double()
     torch_model.load_state_dict(
         {_torch_keys(key): value for key, value in fastconv_model.state_dict().items()}
     )
-    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    x = torch.randn(2, 3, 16, 16, device=device, requires_grad=True)
     x_ref = x.detach().double().requires_grad_()
-    grad_out = torch.randn(2, 5, dtype=torch.float64)
+    grad_out = torch.randn(2, 5, device=device, dtype=torch.float64)
 
     with record_aten_ops() as recorder:
         y = fastconv_model(x)

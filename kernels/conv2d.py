@@ -8,7 +8,8 @@ without a copy), accumulating in fp32 and casting on store:
   channels, reduction = C*R*S (one loop over taps r, s and C in BLOCK_K chunks).
 * dgrad: ``grad_x``; M = N*H*W input pixels, N = C input channels, reduction = K*R*S.
   Pixels are grouped by their stride phase (h mod stride_h, w mod stride_w), so every
-  (r, s) tap either hits a whole tile or none of it: no work is wasted on stride > 1.
+  (r, s) tap either hits a whole tile or none of it, and the misses are skipped: no work
+  is wasted on stride > 1.
 * wgrad: ``grad_w`` (and ``grad_b`` in the same pass); M = K, N = C*R*S, reduction =
   N*P*Q split across programs (split-K) into an fp32 workspace summed afterwards, which
   keeps the result deterministic.
@@ -31,7 +32,6 @@ from torch import Tensor
 from fastconv.backend import TRITON_INTERPRETER
 
 __all__ = [
-    "WGRAD_ROWS_PER_SPLIT",
     "conv2d_bwd_input",
     "conv2d_bwd_weight",
     "conv2d_fwd",
@@ -43,9 +43,11 @@ __all__ = [
 
 Pair = tuple[int, int]
 
-# wgrad split-K: rows (output pixels) reduced by one program, and the programs aimed for.
+# wgrad split-K: rows (output pixels) reduced by one program at least, and the programs
+# aimed for, counted in nominal 64 x 64 tiles of the (K, C*R*S) gradient.
 WGRAD_ROWS_PER_SPLIT = 64 if TRITON_INTERPRETER else 512
 WGRAD_TARGET_PROGRAMS = 1024
+WGRAD_NOMINAL_TILE = 64 * 64
 # Cap on the fp32 wgrad workspace (elements) so huge weights do not split needlessly.
 WGRAD_MAX_WORKSPACE = 1 << 26
 
@@ -60,45 +62,49 @@ def _config(block_m: int, block_n: int, block_k: int, stages: int, warps: int) -
 
 # Under the interpreter the autotuner would time configs with CUDA events: one config only.
 _INTERPRETER_CONFIGS = [_config(64, 16, 16, 1, 1)]
+# IEEE fp32 dots run on FMA units and hold more registers per tile: BLOCK_K 16 avoids spills.
+_IEEE_BLOCK_K = 16
 
 
-def fwd_configs() -> list[triton.Config]:
-    """Forward tiles (output pixels x output channels x input channels)."""
+def _configs(tiles: list[tuple[int, int, int, int, int]], ieee: bool) -> list[triton.Config]:
     if TRITON_INTERPRETER:
         return _INTERPRETER_CONFIGS
-    return [
-        _config(128, 64, 32, 3, 8),  # many pixels (early layers)
-        _config(64, 128, 32, 3, 8),  # many output channels (deep layers)
-        _config(64, 32, 32, 4, 4),  # small layers
+    return [_config(m, n, min(k, _IEEE_BLOCK_K) if ieee else k, s, w) for m, n, k, s, w in tiles]
+
+
+def fwd_configs(ieee: bool = False) -> list[triton.Config]:
+    """Forward tiles (output pixels, output channels, input channels, stages, warps)."""
+    tiles = [
+        (128, 64, 32, 3, 8),  # many pixels (early layers)
+        (64, 128, 32, 3, 8),  # many output channels (deep layers)
+        (64, 32, 32, 4, 4),  # small layers
     ]
+    return _configs(tiles, ieee)
 
 
-def dgrad_configs() -> list[triton.Config]:
-    """dgrad tiles (input pixels x input channels x output channels)."""
-    if TRITON_INTERPRETER:
-        return _INTERPRETER_CONFIGS
-    return [
-        _config(64, 128, 32, 3, 8),
-        _config(128, 64, 16, 3, 8),  # BLOCK_K 16: fp32 spills registers at 32
-        _config(64, 64, 16, 3, 4),
+def dgrad_configs(ieee: bool = False) -> list[triton.Config]:
+    """dgrad tiles (input pixels, input channels, output channels, stages, warps)."""
+    tiles = [
+        (64, 128, 32, 3, 8),
+        (128, 64, 16, 3, 8),  # BLOCK_K 16: tf32 spills registers at 32
+        (64, 64, 16, 3, 4),
     ]
+    return _configs(tiles, ieee)
 
 
-def wgrad_configs() -> list[triton.Config]:
-    """wgrad tiles (output channels x C*R*S x output pixels)."""
-    if TRITON_INTERPRETER:
-        return _INTERPRETER_CONFIGS
-    return [
-        _config(128, 64, 32, 3, 8),
-        _config(64, 128, 32, 3, 8),
-        _config(64, 32, 32, 4, 4),  # few output channels
+def wgrad_configs(ieee: bool = False) -> list[triton.Config]:
+    """wgrad tiles (output channels, C*R*S, output pixels, stages, warps)."""
+    tiles = [
+        (128, 64, 32, 3, 8),
+        (64, 128, 32, 3, 8),
+        (64, 32, 32, 4, 4),  # few output channels
     ]
+    return _configs(tiles, ieee)
 
 
 # --------------------------------------------------------------------------- kernels
 
 
-@triton.autotune(configs=fwd_configs(), key=["C", "K", "P", "Q", "R", "S", "stride_h", "stride_w"])
 @triton.jit
 def _conv2d_fwd_kernel(
     # pointers
@@ -197,9 +203,6 @@ def _conv2d_fwd_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.autotune(
-    configs=dgrad_configs(), key=["C", "K", "H", "W", "R", "S", "stride_h", "stride_w"]
-)
 @triton.jit
 def _conv2d_bwd_input_kernel(
     # pointers
@@ -277,8 +280,7 @@ def _conv2d_bwd_input_kernel(
     y_base = y_ptr + n * stride_yn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # One flat loop over (tap r, s) x (output-channel chunk), as in the forward. A tap whose
-    # stride phase does not match the tile's is masked off as a whole (no memory traffic).
+    # One flat loop over (tap r, s) x (output-channel chunk), as in the forward.
     k_chunks = tl.cdiv(K, BLOCK_K)
     for step in range(R * S * k_chunks):
         tap = step // k_chunks
@@ -290,35 +292,41 @@ def _conv2d_bwd_input_kernel(
         hit_w = (phase_w + pad_w + s * dil_w * (stride_w - 1)) % stride_w == 0
         p = (h + pad_h - r * dil_h) // stride_h  # exact where hit_h: same in C and Python
         q = (w + pad_w - s * dil_w) // stride_w
-        mask_pq = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q) & hit_h & hit_w
-        mask_k = k < K
-        mask_g = mask_pq[:, None] & mask_k[None, :]
-        g = tl.load(
-            dy_base[:, None] + (p * stride_dyp + q * stride_dyq)[:, None] + k[None, :] * stride_dyk,
-            mask=mask_g,
-            other=0.0,
-        )
-        if RELU_MASK:
-            y = tl.load(
-                y_base[:, None] + (p * stride_yp + q * stride_yq)[:, None] + k[None, :] * stride_yk,
+        mask_pq = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        # A tap whose stride phase misses the tile's is skipped. With stride 1 the JIT
+        # specializes stride_h == 1, so the test folds away and the loop has no branch.
+        if hit_h & hit_w:
+            mask_k = k < K
+            mask_g = mask_pq[:, None] & mask_k[None, :]
+            g = tl.load(
+                dy_base[:, None]
+                + (p * stride_dyp + q * stride_dyq)[:, None]
+                + k[None, :] * stride_dyk,
                 mask=mask_g,
                 other=0.0,
             )
-            g = tl.where(y > 0, g, 0.0)
-        w_offs = r * stride_wr + s * stride_ws + k[:, None] * stride_wk
-        w_tile = tl.load(
-            w_ptr + w_offs + offs_n[None, :] * stride_wc,
-            mask=mask_k[:, None] & mask_n[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(g.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION)
+            if RELU_MASK:
+                y = tl.load(
+                    y_base[:, None]
+                    + (p * stride_yp + q * stride_yq)[:, None]
+                    + k[None, :] * stride_yk,
+                    mask=mask_g,
+                    other=0.0,
+                )
+                g = tl.where(y > 0, g, 0.0)
+            w_offs = r * stride_wr + s * stride_ws + k[:, None] * stride_wk
+            w_tile = tl.load(
+                w_ptr + w_offs + offs_n[None, :] * stride_wc,
+                mask=mask_k[:, None] & mask_n[None, :],
+                other=0.0,
+            )
+            acc = tl.dot(g.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION)
 
     dx_offs = n * stride_dxn + h * stride_dxh + w * stride_dxw
     dx_ptrs = dx_ptr + dx_offs[:, None] + offs_n[None, :] * stride_dxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.autotune(configs=wgrad_configs(), key=["C", "K", "P", "Q", "R", "S", "rows_per_split"])
 @triton.jit
 def _conv2d_bwd_weight_kernel(
     # pointers
@@ -423,6 +431,25 @@ def _conv2d_bwd_weight_kernel(
         tl.store(db_ptr + pid_z * K + offs_m, bias_acc, mask=mask_m & (pid_n == 0))
 
 
+# --------------------------------------------------------------------------- autotuners
+
+# One autotuner per kernel and dot precision, keyed on the problem geometry (the autotuner
+# adds the tensors' dtypes to the key). "ieee" serves fp32 with tf32 off.
+_FWD_KEY = ["C", "K", "P", "Q", "R", "S", "stride_h", "stride_w"]
+_DGRAD_KEY = ["C", "K", "H", "W", "R", "S", "stride_h", "stride_w"]
+_WGRAD_KEY = ["C", "K", "P", "Q", "R", "S", "rows_per_split"]
+_conv2d_fwd_tuned = triton.autotune(fwd_configs(), _FWD_KEY)(_conv2d_fwd_kernel)
+_conv2d_fwd_tuned_ieee = triton.autotune(fwd_configs(ieee=True), _FWD_KEY)(_conv2d_fwd_kernel)
+_conv2d_dgrad_tuned = triton.autotune(dgrad_configs(), _DGRAD_KEY)(_conv2d_bwd_input_kernel)
+_conv2d_dgrad_tuned_ieee = triton.autotune(dgrad_configs(ieee=True), _DGRAD_KEY)(
+    _conv2d_bwd_input_kernel
+)
+_conv2d_wgrad_tuned = triton.autotune(wgrad_configs(), _WGRAD_KEY)(_conv2d_bwd_weight_kernel)
+_conv2d_wgrad_tuned_ieee = triton.autotune(wgrad_configs(ieee=True), _WGRAD_KEY)(
+    _conv2d_bwd_weight_kernel
+)
+
+
 # --------------------------------------------------------------------------- launchers
 
 
@@ -482,12 +509,14 @@ def conv2d_fwd(
     def grid(meta):
         return triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"])
 
-    _conv2d_fwd_kernel[grid](
+    precision = _input_precision(x.dtype)
+    tuned = _conv2d_fwd_tuned_ieee if precision == "ieee" else _conv2d_fwd_tuned
+    tuned[grid](
         x, weight, b, y,
         n, c, h, w, k, p, q, *stride, *padding, *dilation,
         *x.stride(), *weight.stride(), *y.stride(),
         R=r, S=s, HAS_BIAS=bias is not None, APPLY_RELU=apply_relu,
-        INPUT_PRECISION=_input_precision(x.dtype),
+        INPUT_PRECISION=precision,
     )  # fmt: skip
     return y
 
@@ -524,21 +553,24 @@ def conv2d_bwd_input(
             stride[0] * stride[1],
         )
 
-    _conv2d_bwd_input_kernel[grid](
+    precision = _input_precision(grad_y.dtype)
+    tuned = _conv2d_dgrad_tuned_ieee if precision == "ieee" else _conv2d_dgrad_tuned
+    tuned[grid](
         grad_y, weight, y, grad_x,
         n, c, h, w, k, p, q, *stride, *padding, *dilation,
         *grad_y.stride(), *weight.stride(), *y.stride(), *grad_x.stride(),
         R=r, S=s, RELU_MASK=relu_output is not None,
-        INPUT_PRECISION=_input_precision(grad_y.dtype),
+        INPUT_PRECISION=precision,
     )  # fmt: skip
     return grad_x
 
 
 def wgrad_split(rows: int, weight_numel: int) -> int:
     """How many programs share the N*P*Q reduction of wgrad (split-K), at least 1."""
+    weight_numel = max(1, weight_numel)
     by_rows = triton.cdiv(rows, WGRAD_ROWS_PER_SPLIT)
-    by_workspace = max(1, WGRAD_MAX_WORKSPACE // weight_numel)
-    by_programs = max(1, WGRAD_TARGET_PROGRAMS * 64 * 64 // weight_numel)
+    by_workspace = WGRAD_MAX_WORKSPACE // weight_numel
+    by_programs = WGRAD_TARGET_PROGRAMS * WGRAD_NOMINAL_TILE // weight_numel
     return max(1, min(by_rows, by_workspace, by_programs))
 
 
@@ -562,24 +594,33 @@ def conv2d_bwd_weight(
     k, _, r, s = weight_shape
     p, q = grad_y.shape[2:]
     rows = n * p * q
-    split = wgrad_split(rows, k * c * r * s)
-    rows_per_split = triton.cdiv(rows, split)
-    split = triton.cdiv(rows, rows_per_split) if rows else 1
-    grad_w_parts = torch.zeros((split, k, c * r * s), dtype=torch.float32, device=x.device)
-    grad_b_parts = torch.zeros((split, k), dtype=torch.float32, device=x.device)
-    if rows > 0 and grad_w_parts.numel() > 0:
-        y = _relu_output_or_placeholder(relu_output, grad_y)
+    crs = c * r * s
+    if rows == 0 or k * crs == 0:  # an empty reduction or an empty weight
+        grad_w = x.new_zeros((k, c, r, s))
+        return grad_w, x.new_zeros((k,)) if need_bias_grad else None
+    rows_per_split = triton.cdiv(rows, wgrad_split(rows, k * crs))
+    split = triton.cdiv(rows, rows_per_split)
+    # Every element of the workspaces is written by exactly one program: no zero-fill needed.
+    grad_w_parts = torch.empty((split, k, crs), dtype=torch.float32, device=x.device)
+    grad_b_parts = (  # with no bias gradient, an unwritten stand-in pointer
+        torch.empty((split, k), dtype=torch.float32, device=x.device)
+        if need_bias_grad
+        else grad_w_parts
+    )
+    y = _relu_output_or_placeholder(relu_output, grad_y)
 
-        def grid(meta):
-            return triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(c * r * s, meta["BLOCK_N"]), split
+    def grid(meta):
+        return triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(crs, meta["BLOCK_N"]), split
 
-        _conv2d_bwd_weight_kernel[grid](
-            grad_y, x, y, grad_w_parts, grad_b_parts,
-            n, c, h, w, k, p, q, *stride, *padding, *dilation, rows_per_split,
-            *grad_y.stride(), *x.stride(), *y.stride(),
-            R=r, S=s, RELU_MASK=relu_output is not None, BIAS_GRAD=need_bias_grad,
-            INPUT_PRECISION=_input_precision(x.dtype),
-        )  # fmt: skip
+    precision = _input_precision(x.dtype)
+    tuned = _conv2d_wgrad_tuned_ieee if precision == "ieee" else _conv2d_wgrad_tuned
+    tuned[grid](
+        grad_y, x, y, grad_w_parts, grad_b_parts,
+        n, c, h, w, k, p, q, *stride, *padding, *dilation, rows_per_split,
+        *grad_y.stride(), *x.stride(), *y.stride(),
+        R=r, S=s, RELU_MASK=relu_output is not None, BIAS_GRAD=need_bias_grad,
+        INPUT_PRECISION=precision,
+    )  # fmt: skip
     grad_w = grad_w_parts.sum(0).view(k, c, r, s).to(x.dtype)
     grad_b = grad_b_parts.sum(0).to(x.dtype) if need_bias_grad else None
     return grad_w, grad_b

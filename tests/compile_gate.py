@@ -26,8 +26,10 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 # Compute capability -> most shared memory one block may use (bytes), from CUDA's tables.
 TARGETS = {80: 163 * 1024, 90: 227 * 1024}
@@ -39,90 +41,135 @@ class GateKernel:
 
     ``kernel`` is ``"module:attribute"``; pointer arguments (names ending in ``_ptr``) get
     ``*<dtype>`` unless ``pointer_types`` says otherwise; other runtime arguments are i32.
-    ``constexprs`` are the non-tuning constexpr arguments. ``launch`` gives the tuning
-    meta-parameters and ``num_warps``/``num_stages`` of a kernel without ``@triton.autotune``;
+    ``constexprs`` are the non-tuning constexpr arguments. For a kernel without
+    ``@triton.autotune``, ``launch(module)`` returns the tuning meta-parameters and
+    ``num_warps`` its launcher uses, read from the kernel's module so the gate follows it;
     autotuned kernels are compiled at each of their configs. ``tensor_cores``: the kernel
-    has a ``tl.dot`` whose SASS must use tensor cores.
+    has a ``tl.dot`` whose SASS must use tensor cores. ``variant`` names a second entry of
+    the same kernel (e.g. runtime ints the JIT specializes to constants).
     """
 
     kernel: str
     dtypes: tuple[str, ...]
     constexprs: dict
     pointer_types: dict = field(default_factory=dict)
-    launch: dict | None = None
+    launch: Callable[[ModuleType], dict] | None = None
     tensor_cores: bool = False
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return self.kernel.rsplit(":", 1)[1]
+        name = self.kernel.rsplit(":", 1)[1]
+        return f"{name}-{self.variant}" if self.variant else name
 
 
 CONV = "fastconv.kernels.conv2d"
 POOL = "fastconv.kernels.pool2d"
-POOL_LAUNCH = {"BLOCK": 1024, "num_warps": 4, "num_stages": 1}  # pool2d.BLOCK_SIZE, NUM_WARPS
+
+
+def _pool_launch(pool: ModuleType) -> dict:
+    """The elementwise-style pooling launches: one BLOCK_SIZE range per program."""
+    return {"BLOCK": pool.BLOCK_SIZE, "num_warps": pool.NUM_WARPS}
+
+
+def _adaptive_pool_fwd_launch(pool: ModuleType) -> dict:
+    """The adaptive forward at its widest window tile (BLOCK_K at its cap)."""
+    block_k = pool.ADAPTIVE_MAX_BLOCK_K
+    return {
+        "BLOCK_M": pool.ADAPTIVE_TILE // block_k,
+        "BLOCK_K": block_k,
+        "num_warps": pool.NUM_WARPS,
+    }
+
+
+WGRAD_WORKSPACES = {"dw_ptr": "*fp32", "db_ptr": "*fp32"}
 POOL_COMMON = {"CHANNELS_LAST": False, "INDEX_64": False}
 # 3x3 stride 2 windows: 2 candidate outputs per input pixel and axis in the backward.
 POOL_WINDOW = {"KH": 3, "KW": 3}
 POOL_CANDIDATES = {"CANDIDATES_H": 2, "CANDIDATES_W": 2}
 
-# Every dtype at every config (fp32 runs tf32 dots, and needs twice the registers of fp16).
+# Every dtype at every config (fp32 runs tf32 dots unless the entry says ieee).
 GATE_KERNELS = [
     GateKernel(
-        f"{CONV}:_conv2d_fwd_kernel",
+        f"{CONV}:_conv2d_fwd_tuned",
         ("fp16", "bf16", "fp32"),
         {"R": 3, "S": 3, "HAS_BIAS": True, "APPLY_RELU": True},
         tensor_cores=True,
     ),
     GateKernel(
-        f"{CONV}:_conv2d_bwd_input_kernel",
+        f"{CONV}:_conv2d_dgrad_tuned",
         ("fp16", "bf16", "fp32"),
         {"R": 3, "S": 3, "RELU_MASK": True},
         tensor_cores=True,
     ),
+    GateKernel(  # stride 1: the JIT makes stride_h == stride_w == 1 constants
+        f"{CONV}:_conv2d_dgrad_tuned",
+        ("fp16",),
+        {"R": 3, "S": 3, "RELU_MASK": True, "stride_h": 1, "stride_w": 1},
+        tensor_cores=True,
+        variant="stride1",
+    ),
     GateKernel(
-        f"{CONV}:_conv2d_bwd_weight_kernel",
+        f"{CONV}:_conv2d_wgrad_tuned",
         ("fp16", "bf16", "fp32"),
         {"R": 3, "S": 3, "RELU_MASK": True, "BIAS_GRAD": True},
-        pointer_types={"dw_ptr": "*fp32", "db_ptr": "*fp32"},
+        pointer_types=WGRAD_WORKSPACES,
         tensor_cores=True,
+    ),
+    # fp32 with tf32 off: IEEE dots on FMA units, no tensor cores.
+    GateKernel(
+        f"{CONV}:_conv2d_fwd_tuned_ieee",
+        ("fp32",),
+        {"R": 3, "S": 3, "HAS_BIAS": True, "APPLY_RELU": True, "INPUT_PRECISION": "ieee"},
+    ),
+    GateKernel(
+        f"{CONV}:_conv2d_dgrad_tuned_ieee",
+        ("fp32",),
+        {"R": 3, "S": 3, "RELU_MASK": True, "INPUT_PRECISION": "ieee"},
+    ),
+    GateKernel(
+        f"{CONV}:_conv2d_wgrad_tuned_ieee",
+        ("fp32",),
+        {"R": 3, "S": 3, "RELU_MASK": True, "BIAS_GRAD": True, "INPUT_PRECISION": "ieee"},
+        pointer_types=WGRAD_WORKSPACES,
     ),
     GateKernel(
         f"{POOL}:_max_pool2d_fwd_kernel",
         ("fp16",),
         {**POOL_WINDOW, "STORE_ARGMAX": True, **POOL_COMMON},
         pointer_types={"argmax_ptr": "*i8"},
-        launch=POOL_LAUNCH,
+        launch=_pool_launch,
     ),
     GateKernel(
         f"{POOL}:_max_pool2d_bwd_kernel",
         ("fp16",),
         {**POOL_WINDOW, **POOL_CANDIDATES, **POOL_COMMON},
         pointer_types={"argmax_ptr": "*i8"},
-        launch=POOL_LAUNCH,
+        launch=_pool_launch,
     ),
     GateKernel(
         f"{POOL}:_avg_pool2d_fwd_kernel",
         ("fp16",),
         {**POOL_WINDOW, "COUNT_INCLUDE_PAD": True, **POOL_COMMON},
-        launch=POOL_LAUNCH,
+        launch=_pool_launch,
     ),
     GateKernel(
         f"{POOL}:_avg_pool2d_bwd_kernel",
         ("fp16",),
         {**POOL_WINDOW, **POOL_CANDIDATES, "COUNT_INCLUDE_PAD": True, **POOL_COMMON},
-        launch=POOL_LAUNCH,
+        launch=_pool_launch,
     ),
     GateKernel(
         f"{POOL}:_adaptive_avg_pool2d_fwd_kernel",
         ("fp16",),
         POOL_COMMON,
-        launch={"BLOCK_M": 32, "BLOCK_K": 128, "num_warps": 4, "num_stages": 1},
+        launch=_adaptive_pool_fwd_launch,
     ),
     GateKernel(
         f"{POOL}:_adaptive_avg_pool2d_bwd_kernel",
         ("fp16",),
         {**POOL_CANDIDATES, **POOL_COMMON},
-        launch=POOL_LAUNCH,
+        launch=_pool_launch,
     ),
 ]
 
@@ -161,7 +208,7 @@ def _tool_dir() -> Path:
 def _launch_configs(entry: GateKernel, kernel) -> list[dict]:
     """Tuning meta-parameters plus num_warps/num_stages of every config to compile."""
     if entry.launch is not None:
-        return [dict(entry.launch)]
+        return [entry.launch(importlib.import_module(entry.kernel.split(":")[0]))]
     return [
         {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         for cfg in kernel.configs
@@ -176,10 +223,11 @@ def _compile_and_inspect(entry: GateKernel, dtype: str, cc: int, launch: dict) -
 
     kernel = _load(entry)
     fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
-    meta = {k: v for k, v in launch.items() if k not in ("num_warps", "num_stages")}
+    options = {k: v for k, v in launch.items() if k in ("num_warps", "num_stages")}
+    meta = {k: v for k, v in launch.items() if k not in options}
     constexprs = {**entry.constexprs, **meta}
-    if "INPUT_PRECISION" in fn.arg_names:
-        constexprs["INPUT_PRECISION"] = "tf32"
+    if "INPUT_PRECISION" in fn.arg_names:  # the launchers' choice for fp16/bf16 and tf32
+        constexprs.setdefault("INPUT_PRECISION", "tf32")
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -195,7 +243,6 @@ def _compile_and_inspect(entry: GateKernel, dtype: str, cc: int, launch: dict) -
         if signature[name].startswith("*")
     }
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": launch["num_warps"], "num_stages": launch["num_stages"]}
     compiled = triton.compile(source, target=GPUTarget("cuda", cc, 32), options=options)
 
     with tempfile.TemporaryDirectory() as tmp:

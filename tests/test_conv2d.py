@@ -1,0 +1,348 @@
+"""Fused conv2d + bias + ReLU: Triton kernels against torch in float64, forward and backward.
+
+Runs on CUDA when present, else in Triton's interpreter on the CPU (see conftest). fp16 and
+bf16 run only on CUDA: the interpreter's ``tl.dot`` multiplies bf16 bit patterns as
+integers, so half-precision parity is only meaningful on a GPU.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, requires_cuda
+
+from fastconv import backend
+from fastconv.functional import conv2d, conv2d_bias_relu
+from fastconv.kernels import conv2d as conv2d_kernels
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, layout)
+SHAPES = [
+    pytest.param(2, 3, 8, 8, 5, 3, 3, 1, 1, 1, "nchw", id="odd-channels-3x3"),
+    pytest.param(2, 4, 6, 5, 6, 1, 1, 1, 0, 1, "nchw", id="1x1"),
+    pytest.param(1, 3, 9, 9, 4, 5, 5, 1, 2, 1, "nchw", id="5x5-batch1"),
+    pytest.param(1, 3, 10, 10, 4, 7, 7, 2, 3, 1, "nchw", id="7x7-stride2"),
+    pytest.param(1, 2, 10, 11, 3, 3, 3, 3, 1, 1, "nchw", id="stride3-H!=W"),
+    pytest.param(2, 4, 9, 9, 3, 3, 3, 1, 2, 2, "nchw", id="dilation2"),
+    pytest.param(1, 3, 11, 9, 4, 3, 3, 2, 1, 2, "nchw", id="stride2-dilation2"),
+    pytest.param(2, 5, 9, 8, 4, 3, 3, 2, 0, 1, "nchw", id="padding0-stride2"),
+    pytest.param(2, 4, 7, 6, 4, 3, 3, 1, "same", 1, "nchw", id="same-3x3"),
+    pytest.param(1, 3, 6, 7, 4, 2, 4, 1, "same", 1, "nchw", id="same-even-kernel"),
+    pytest.param(2, 3, 8, 9, 5, 3, 1, (1, 2), (1, 0), (2, 1), "nchw", id="non-square"),
+    pytest.param(2, 4, 7, 7, 6, 3, 3, 1, 1, 1, "channels_last", id="channels-last"),
+    pytest.param(2, 3, 7, 6, 4, 3, 3, 1, 1, 1, "channel-slice", id="non-contiguous-slice"),
+    pytest.param(1, 4, 6, 8, 3, 3, 3, 2, 1, 1, "transposed", id="non-contiguous-transposed"),
+]
+
+# (dtype, allow_tf32, atol, rtol); atol is scaled by sqrt(reduction length).
+DTYPES = [
+    pytest.param(torch.float32, False, 2e-5, 1e-4, id="fp32"),
+    pytest.param(torch.float32, True, 2e-3, 1e-2, id="tf32", marks=requires_cuda),
+    pytest.param(torch.float16, False, 2e-3, 1e-2, id="fp16", marks=requires_cuda),
+    pytest.param(torch.bfloat16, False, 1.6e-2, 5e-2, id="bf16", marks=requires_cuda),
+]
+
+OPS = [
+    pytest.param(conv2d_bias_relu, True, id="conv2d_bias_relu"),
+    pytest.param(conv2d, False, id="conv2d"),
+]
+
+
+@pytest.fixture(autouse=True)
+def ieee_fp32(monkeypatch):
+    """fp32 kernels (and cuDNN references) use IEEE dots unless a test turns tf32 on."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
+def make_input(n, c, h, w, layout, dtype):
+    """A leaf (N, C, H, W) tensor in the given layout; views keep their strides."""
+    if layout == "channel-slice":
+        x = torch.randn(n, 2 * c, h, w, device=DEVICE)[:, ::2]
+    elif layout == "transposed":
+        x = torch.randn(n, c, w, h, device=DEVICE).transpose(2, 3)
+    else:
+        x = torch.randn(n, c, h, w, device=DEVICE)
+        if layout == "channels_last":
+            x = x.to(memory_format=torch.channels_last)
+    return x.to(dtype).detach().requires_grad_()
+
+
+def assert_close(actual, expected, reduction, atol, rtol, what):
+    torch.testing.assert_close(
+        actual.double(),
+        expected,
+        atol=atol * math.sqrt(reduction),
+        rtol=rtol,
+        msg=lambda m: f"{what}: {m}",
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize(("dtype", "allow_tf32", "atol", "rtol"), DTYPES)
+@pytest.mark.parametrize(("op", "relu"), OPS)
+@pytest.mark.parametrize(
+    ("n", "c", "h", "w", "k", "r", "s", "stride", "padding", "dil", "layout"), SHAPES
+)
+def test_matches_torch_forward_and_backward(
+    triton_backend, monkeypatch, op, relu, dtype, allow_tf32, atol, rtol,
+    n, c, h, w, k, r, s, stride, padding, dil, layout,
+):  # fmt: skip
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
+    torch.manual_seed(0)
+    x = make_input(n, c, h, w, layout, dtype)
+    weight = torch.randn(k, c, r, s, device=DEVICE, dtype=dtype)
+    if layout == "channels_last":  # as after model.to(memory_format=torch.channels_last)
+        weight = weight.to(memory_format=torch.channels_last)
+    weight.requires_grad_()
+    bias = torch.randn(k, device=DEVICE, dtype=dtype, requires_grad=True)
+
+    y = op(x, weight, bias, stride, padding, dil)
+    grad_y = torch.randn_like(y)
+    y.backward(grad_y)
+
+    x64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (x, weight, bias))
+    y64 = F.conv2d(x64, w64, b64, stride, padding, dil)
+    y64 = F.relu(y64) if relu else y64
+    y64.backward(grad_y.cpu().double())
+    if relu:
+        assert (y64 == 0).any() and (y64 > 0).any(), "the ReLU mask path is not exercised"
+
+    assert y.dtype == dtype and y.shape == y64.shape
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    p, q = y.shape[2:]
+    assert_close(y.cpu(), y64, c * r * s, atol, rtol, "output")
+    assert_close(x.grad.cpu(), x64.grad, k * r * s, atol, rtol, "grad input")
+    assert_close(weight.grad.cpu(), w64.grad, n * p * q, atol, rtol, "grad weight")
+    assert_close(bias.grad.cpu(), b64.grad, n * p * q, atol, rtol, "grad bias")
+
+
+@pytest.mark.parametrize("needs", ["input", "weight", "bias"])
+def test_gradient_subsets_without_bias_or_with_frozen_params(triton_backend, needs):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 6, 6, device=DEVICE, requires_grad=needs == "input")
+    weight = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=needs == "weight")
+    bias = torch.randn(4, device=DEVICE, requires_grad=True) if needs == "bias" else None
+    y = conv2d_bias_relu(x, weight, bias, padding=1)
+    assert y.requires_grad
+    y.sum().backward()  # grad_y is an expanded (stride 0) tensor here
+
+    x64, w64 = x.detach().cpu().double(), weight.detach().cpu().double()
+    x64.requires_grad_(needs == "input")
+    w64.requires_grad_(needs == "weight")
+    b64 = None if bias is None else bias.detach().cpu().double().requires_grad_()
+    F.relu(F.conv2d(x64, w64, b64, padding=1)).sum().backward()
+    for ours, ref in ((x, x64), (weight, w64), (bias, b64)):
+        if ref is not None and ref.requires_grad:
+            torch.testing.assert_close(ours.grad.cpu().double(), ref.grad, atol=1e-4, rtol=1e-4)
+        elif ours is not None:
+            assert ours.grad is None
+
+
+def test_unbatched_input(triton_backend):
+    torch.manual_seed(2)
+    x = torch.randn(3, 6, 5, device=DEVICE)
+    weight = torch.randn(4, 3, 3, 3, device=DEVICE)
+    bias = torch.randn(4, device=DEVICE)
+    y = conv2d_bias_relu(x, weight, bias, padding=1)
+    expected = F.relu(
+        F.conv2d(x.cpu().double(), weight.cpu().double(), bias.cpu().double(), padding=1)
+    )
+    assert y.shape == (4, 6, 5)
+    torch.testing.assert_close(y.cpu().double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_empty_batch(triton_backend):
+    x = torch.randn(0, 3, 6, 6, device=DEVICE, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
+    bias = torch.randn(4, device=DEVICE, requires_grad=True)
+    y = conv2d_bias_relu(x, weight, bias, padding=1)
+    assert y.shape == (0, 4, 6, 6)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    assert torch.equal(bias.grad, torch.zeros_like(bias))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "allow_tf32", "expected"),
+    [
+        (torch.float32, False, "ieee"),
+        (torch.float32, True, "tf32"),
+        (torch.float16, False, "tf32"),  # half dots ignore the precision: tensor cores
+        (torch.bfloat16, False, "tf32"),
+    ],
+)
+def test_fp32_dot_precision_follows_cudnn_allow_tf32(monkeypatch, dtype, allow_tf32, expected):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
+    assert conv2d_kernels._input_precision(dtype) == expected
+
+
+def test_wgrad_reduction_is_split_for_the_test_shapes():
+    # 2*8*8 output pixels of "odd-channels-3x3" must exercise the split-K path.
+    assert conv2d_kernels.wgrad_split(2 * 8 * 8, 5 * 3 * 3 * 3) > 1
+
+
+def test_no_aten_convolution_runs(triton_backend, record_aten_ops):
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 7, 7, device=DEVICE, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
+    bias = torch.randn(4, device=DEVICE, requires_grad=True)
+    with record_aten_ops() as rec:
+        y = conv2d_bias_relu(x, weight, bias, padding=1)
+        y.backward(torch.ones_like(y))
+    assert rec.ops, "the recorder saw no ops at all"
+    assert rec.forbidden() == []
+    expected = F.relu(F.conv2d(x.detach(), weight.detach(), bias.detach(), padding=1))
+    torch.testing.assert_close(y.detach(), expected, atol=1e-4, rtol=1e-4)
+    assert x.grad is not None and weight.grad is not None and bias.grad is not None
+
+
+def count_saved_tensors(fn) -> int:
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fn()
+    return len(saved)
+
+
+def test_no_grad_saves_nothing(triton_backend):
+    x = torch.randn(1, 3, 6, 6, device=DEVICE, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
+    bias = torch.randn(4, device=DEVICE, requires_grad=True)
+
+    def run():
+        with torch.no_grad():
+            y = conv2d_bias_relu(x, weight, bias)
+        assert not y.requires_grad and y.grad_fn is None
+
+    assert count_saved_tensors(run) == 0
+    # With grad: input, weight and the output (for the ReLU mask); conv2d has no mask.
+    assert count_saved_tensors(lambda: conv2d_bias_relu(x, weight, bias)) == 3
+    assert count_saved_tensors(lambda: conv2d(x, weight, bias)) == 2
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_returns_autocast_dtype(triton_backend, dtype):
+    # CUDA only: the interpreter cannot multiply bf16 (see the module docstring).
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
+    bias = torch.randn(4, device=DEVICE, requires_grad=True)
+    with torch.autocast("cuda", dtype=dtype):
+        y = conv2d_bias_relu(x, weight, bias, padding=1)
+    assert y.dtype == dtype
+    y.float().sum().backward()
+    assert x.grad.dtype == weight.grad.dtype == bias.grad.dtype == torch.float32
+    expected = F.relu(F.conv2d(x.to(dtype), weight.to(dtype), bias.to(dtype), padding=1))
+    torch.testing.assert_close(y, expected, atol=5e-2, rtol=5e-2)
+
+
+def test_forced_triton_without_interpreter_raises(monkeypatch):
+    monkeypatch.setattr(backend, "TRITON_INTERPRETER", False)
+    x = torch.randn(1, 3, 6, 6)
+    weight = torch.randn(4, 3, 3, 3)
+    with (
+        backend.use_backend("triton"),
+        pytest.raises(backend.BackendUnavailableError, match="Triton's interpreter is off"),
+    ):
+        conv2d_bias_relu(x, weight)
+
+
+def randn(*shape, **kwargs):
+    return torch.randn(*shape, device=kwargs.pop("device", DEVICE), **kwargs)
+
+
+def bad_call(**changes):
+    """conv2d_bias_relu arguments: a valid call with ``changes`` applied."""
+    return {"input": randn(1, 3, 6, 6), "weight": randn(4, 3, 3, 3), "bias": randn(4), **changes}
+
+
+BAD_INPUTS = [
+    pytest.param(bad_call(input=randn(6, 6)), ValueError, "input must be 4-D", id="input-ndim"),
+    pytest.param(
+        bad_call(weight=randn(4, 3, 3)), ValueError, "weight must be 4-D", id="weight-ndim"
+    ),
+    pytest.param(bad_call(bias=randn(4, 1)), ValueError, "bias must be 1-D", id="bias-ndim"),
+    pytest.param(
+        bad_call(weight=randn(4, 2, 3, 3)),
+        ValueError,
+        r"expects 2 input channels but input of shape \(1, 3, 6, 6\)",
+        id="channels",
+    ),
+    pytest.param(
+        bad_call(bias=randn(5)),
+        ValueError,
+        r"bias of shape \(5,\) does not match the 4 output channels",
+        id="bias-size",
+    ),
+    pytest.param(
+        bad_call(weight=randn(4, 3, 3, 3, dtype=torch.float64)),
+        TypeError,
+        "weight has dtype torch.float64 but input has dtype torch.float32",
+        id="dtype-mix",
+    ),
+    pytest.param(
+        bad_call(bias=randn(4, device="meta")),
+        ValueError,
+        "bias is on meta but input is on",
+        id="device-mix",
+    ),
+    pytest.param(
+        bad_call(input=torch.randint(0, 5, (1, 3, 6, 6), device=DEVICE)),
+        TypeError,
+        "input has dtype torch.int64; the Triton kernels support",
+        id="int-dtype",
+    ),
+    pytest.param(
+        bad_call(groups=3), NotImplementedError, "groups=1 only, got groups=3", id="groups"
+    ),
+    pytest.param(
+        bad_call(padding=-1),
+        ValueError,
+        r"padding must be non-negative, got padding=\(-1, -1\)",
+        id="negative-padding",
+    ),
+    pytest.param(
+        bad_call(padding="full"),
+        ValueError,
+        "padding must be an int, a pair, 'same' or 'valid', got 'full'",
+        id="padding-string",
+    ),
+    pytest.param(
+        bad_call(padding=(1, 2, 3)),
+        TypeError,
+        "padding must be an int or a pair of ints",
+        id="padding-triple",
+    ),
+    pytest.param(
+        bad_call(padding="same", stride=2),
+        ValueError,
+        r"padding='same' needs stride 1, got stride=\(2, 2\)",
+        id="same-stride2",
+    ),
+    pytest.param(
+        bad_call(stride=0),
+        ValueError,
+        r"stride must be positive, got stride=\(0, 0\)",
+        id="stride-zero",
+    ),
+    pytest.param(
+        bad_call(dilation=(1, -1)),
+        ValueError,
+        r"dilation must be positive, got dilation=\(1, -1\)",
+        id="dilation-negative",
+    ),
+    pytest.param(
+        bad_call(weight=randn(4, 3, 7, 7)),
+        ValueError,
+        r"spans \(7, 7\), larger than the padded input \(6, 6\)",
+        id="kernel-too-large",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), BAD_INPUTS)
+def test_bad_input_raises_naming_the_argument(triton_backend, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        conv2d_bias_relu(**kwargs)

@@ -70,6 +70,16 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+@torch.compiler.disable
+def _triton_apply(function: type[torch.autograd.Function], *args):
+    """``function.apply(*args)``, kept out of torch.compile graphs (a graph break).
+
+    Dynamo cannot trace the Triton launchers (under the interpreter it would trace into
+    Triton itself), so compiled models call the kernels eagerly between graphs.
+    """
+    return function.apply(*args)
+
+
 # --------------------------------------------------------------------------- convolution
 
 
@@ -206,8 +216,16 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, apply_relu: bool
         y = F.relu(y) if apply_relu else y
     else:
         with torch.autocast(x.device.type, enabled=False):
-            y = Conv2dBiasReLUFunction.apply(
-                x, weight, bias, stride_hw, before, dilation_hw, out_hw, apply_relu
+            y = _triton_apply(
+                Conv2dBiasReLUFunction,
+                x,
+                weight,
+                bias,
+                stride_hw,
+                before,
+                dilation_hw,
+                out_hw,
+                apply_relu,
             )
     return y.squeeze(0) if unbatched else y
 
@@ -378,8 +396,8 @@ def max_pool2d(
         y, indices = result if return_indices else (result, None)
     else:
         needs_grad = torch.is_grad_enabled() and x.requires_grad
-        result = MaxPool2dFunction.apply(
-            x, kernel, step, pad, dil, out_hw, needs_grad, return_indices
+        result = _triton_apply(
+            MaxPool2dFunction, x, kernel, step, pad, dil, out_hw, needs_grad, return_indices
         )
         y, indices = result if return_indices else (result, None)
         if return_indices:
@@ -441,8 +459,15 @@ def avg_pool2d(
     if resolve_backend(x.device) == "torch":
         y = F.avg_pool2d(x, kernel, step, pad, ceil_mode, count_include_pad, divisor_override)
     else:
-        y = AvgPool2dFunction.apply(
-            x, kernel, step, pad, out_hw, bool(count_include_pad), divisor_override
+        y = _triton_apply(
+            AvgPool2dFunction,
+            x,
+            kernel,
+            step,
+            pad,
+            out_hw,
+            bool(count_include_pad),
+            divisor_override,
         )
     return y.squeeze(0) if unbatched else y
 
@@ -496,5 +521,5 @@ def adaptive_avg_pool2d(input: Tensor, output_size: IntOrPair) -> Tensor:
     if resolve_backend(x.device) == "torch":
         y = F.adaptive_avg_pool2d(x, out_hw)
     else:
-        y = AdaptiveAvgPool2dFunction.apply(x, out_hw)
+        y = _triton_apply(AdaptiveAvgPool2dFunction, x, out_hw)
     return y.squeeze(0) if unbatched else y

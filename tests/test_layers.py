@@ -173,3 +173,21 @@ def test_torch_compile_of_fastconv_model(torch_backend):
     y_eager.sum().backward()
     torch.testing.assert_close(y_compiled, y_eager)
     torch.testing.assert_close(grad_compiled, x.grad)
+
+
+def test_torch_compile_on_the_triton_backend(triton_backend, record_aten_ops):
+    """On the Triton backend compile graph-breaks around the kernels; results match eager."""
+    torch.manual_seed(0)
+    model = _fastconv_model()
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    with record_aten_ops() as recorder:
+        y_compiled = compiled(x)
+        y_compiled.sum().backward()
+    assert not recorder.forbidden()
+    grad_compiled = x.grad.clone()
+    x.grad = None
+    y_eager = model(x)
+    y_eager.sum().backward()
+    torch.testing.assert_close(y_compiled, y_eager)
+    torch.testing.assert_close(grad_compiled, x.grad)

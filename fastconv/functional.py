@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from fastconv.backend import resolve_backend
+from fastconv.kernels.layout import memory_format_of
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -343,7 +344,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         y, argmax = kernels.max_pool2d_fwd(x, *pool_args, output_size, store_argmax)
         if needs_grad:
             ctx.save_for_backward(argmax)
-            ctx.input_layout = (x.shape, kernels.output_memory_format(x))
+            ctx.input_layout = (x.shape, memory_format_of(x))
             ctx.pool_args = pool_args
         if not return_argmax:
             return y
@@ -417,7 +418,7 @@ class AvgPool2dFunction(torch.autograd.Function):
 
         pool_args = (kernel_size, stride, padding)
         mode_args = (count_include_pad, divisor)
-        ctx.input_layout = (x.shape, kernels.output_memory_format(x))
+        ctx.input_layout = (x.shape, memory_format_of(x))
         ctx.pool_args = (*pool_args, *mode_args)
         return kernels.avg_pool2d_fwd(x, *pool_args, output_size, *mode_args)
 
@@ -479,7 +480,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     def forward(ctx, x, output_size):
         from fastconv.kernels import pool2d as kernels
 
-        ctx.input_layout = (x.shape, kernels.output_memory_format(x))
+        ctx.input_layout = (x.shape, memory_format_of(x))
         return kernels.adaptive_avg_pool2d_fwd(x, output_size)
 
     @staticmethod

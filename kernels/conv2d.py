@@ -30,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
+from fastconv.kernels.layout import memory_format_of
 
 __all__ = [
     "conv2d_bwd_input",
@@ -460,21 +461,10 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _memory_format(t: Tensor) -> torch.memory_format:
-    """channels_last when ``t`` (N, C, H, W) is laid out channels-last, else contiguous."""
-    if t.is_contiguous():
-        return torch.contiguous_format
-    if t.is_contiguous(memory_format=torch.channels_last) or t.stride(1) < min(
-        t.stride(2), t.stride(3)
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _empty_like_format(shape: tuple[int, ...], like: Tensor) -> Tensor:
     """An empty (N, C, H, W) tensor of ``shape`` in ``like``'s memory format, dtype and device."""
     return torch.empty(
-        shape, dtype=like.dtype, device=like.device, memory_format=_memory_format(like)
+        shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like)
     )
 
 

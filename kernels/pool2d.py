@@ -21,6 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastconv.kernels.layout import memory_format_of
+
 __all__ = [
     "adaptive_avg_pool2d_bwd",
     "adaptive_avg_pool2d_fwd",
@@ -28,7 +30,6 @@ __all__ = [
     "avg_pool2d_fwd",
     "max_pool2d_bwd",
     "max_pool2d_fwd",
-    "output_memory_format",
 ]
 
 Pair = tuple[int, int]
@@ -105,17 +106,6 @@ def _avg_pool_divisor(
             tl.minimum(w_end, W) - tl.maximum(w_start, 0)
         )
     return tl.where(divisor_override != 0, divisor_override, count).to(tl.float32)
-
-
-def output_memory_format(x: Tensor) -> torch.memory_format:
-    """channels_last when ``x`` (N, C, H, W) is laid out channels-last, else contiguous."""
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last) or x.stride(1) < min(
-        x.stride(2), x.stride(3)
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _needs_int64(*tensors: Tensor) -> bool:
@@ -312,7 +302,7 @@ def max_pool2d_fwd(
     """
     n, c, h, w = x.shape
     p, q = output_size
-    memory_format = output_memory_format(x)
+    memory_format = memory_format_of(x)
     y = _empty((n, c, p, q), x, memory_format)
     argmax = None
     if store_argmax:
@@ -543,7 +533,7 @@ def avg_pool2d_fwd(
     """Average pooling of ``x`` (N, C, H, W) -> ``y`` (N, C, P, Q) in ``x``'s memory format."""
     n, c, h, w = x.shape
     p, q = output_size
-    memory_format = output_memory_format(x)
+    memory_format = memory_format_of(x)
     y = _empty((n, c, p, q), x, memory_format)
     if y.numel() == 0:
         return y
@@ -739,7 +729,7 @@ def adaptive_avg_pool2d_fwd(x: Tensor, output_size: Pair) -> Tensor:
     """Adaptive average pooling of ``x`` (N, C, H, W) -> ``y`` (N, C, P, Q), x's memory format."""
     n, c, h, w = x.shape
     p, q = output_size
-    memory_format = output_memory_format(x)
+    memory_format = memory_format_of(x)
     y = _empty((n, c, p, q), x, memory_format)
     if y.numel() == 0:
         return y

@@ -1,0 +1,23 @@
+"""Memory-layout helpers shared by the kernel launchers."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["memory_format_of"]
+
+
+def memory_format_of(t: Tensor) -> torch.memory_format:
+    """channels_last when ``t`` (N, C, H, W) is laid out channels-last, else contiguous.
+
+    Outputs are allocated in this format, so they keep the input's layout; strided views
+    whose channel stride is the smallest count as channels-last.
+    """
+    if t.is_contiguous():
+        return torch.contiguous_format
+    if t.is_contiguous(memory_format=torch.channels_last) or t.stride(1) < min(
+        t.stride(2), t.stride(3)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format

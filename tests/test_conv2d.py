@@ -32,6 +32,9 @@ SHAPES = [
     pytest.param(2, 4, 7, 7, 6, 3, 3, 1, 1, 1, "channels_last", id="channels-last"),
     pytest.param(2, 3, 7, 6, 4, 3, 3, 1, 1, 1, "channel-slice", id="non-contiguous-slice"),
     pytest.param(1, 4, 6, 8, 3, 3, 3, 2, 1, 1, "transposed", id="non-contiguous-transposed"),
+    # C and K above the interpreter's 16-wide tiles: several channel chunks and channel tiles
+    pytest.param(1, 20, 5, 6, 18, 3, 3, 1, 1, 1, "nchw", id="many-channels"),
+    pytest.param(2, 17, 5, 5, 33, 3, 3, 2, 1, 1, "channels_last", id="many-channels-cl-stride2"),
 ]
 
 # (dtype, allow_tf32, atol, rtol); atol is scaled by sqrt(reduction length).

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from fastconv.atomic import atomic_write
+
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
 
@@ -20,16 +22,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 
     A kill at any moment leaves either the previous file or the new one, never a torn one.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

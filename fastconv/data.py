@@ -36,6 +36,8 @@ from PIL import Image, ImageDraw, ImageOps
 from torch import Tensor
 from tqdm import tqdm
 
+from fastconv.atomic import atomic_write_text
+
 __all__ = [
     "CLASS_NAMES",
     "BadImageError",
@@ -315,12 +317,6 @@ def _cache_key(images: ImageList, size: int) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _load_cache(npy: Path, meta: Path, key: str, size: int) -> ImageCache | None:
     try:
         info = json.loads(meta.read_text())
@@ -372,7 +368,7 @@ def _build_cache(
         "labels": images.labels[kept].tolist(),
         "skipped": skipped,
     }
-    _atomic_write_text(meta, json.dumps(info))
+    atomic_write_text(meta, json.dumps(info))
     return ImageCache(np.load(npy, mmap_mode="r"), images.labels[kept], info["paths"], skipped, npy)
 
 

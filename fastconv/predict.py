@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastconv.atomic import atomic_write
 from fastconv.backend import BACKENDS, BackendUnavailableError, resolve_backend, use_backend
 from fastconv.checkpoint import load_checkpoint
 from fastconv.data import decode_images, list_image_files, normalize
@@ -101,13 +102,11 @@ def write_submission(rows: list[tuple[int | str, float]], out: Path) -> None:
     """``id,label`` rows sorted numerically (non-numeric ids last), label clipped."""
     rows = sorted(rows, key=lambda r: (0, r[0], "") if isinstance(r[0], int) else (1, 0, r[0]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(out, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "label"])
         for image_id, p in rows:
             writer.writerow([image_id, f"{min(max(p, CLIP[0]), CLIP[1]):.6f}"])
-    os.replace(tmp, out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from fastconv.atomic import atomic_write, atomic_write_text
 from fastconv.backend import BACKENDS, BackendUnavailableError, resolve_backend, use_backend
 from fastconv.checkpoint import load_checkpoint, save_checkpoint
 from fastconv.data import (
@@ -222,13 +222,10 @@ def jsonable_args(args: argparse.Namespace) -> dict:
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    with atomic_write(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def resolve_resume(args: argparse.Namespace) -> tuple[argparse.Namespace, dict | None]:
@@ -448,7 +445,7 @@ def run(args: argparse.Namespace, proc: Process) -> int:
     out = Path(args.out)
     if proc.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(jsonable_args(args), indent=2) + "\n")
+        atomic_write_text(out / "args.json", json.dumps(jsonable_args(args), indent=2) + "\n")
     try:
         start_epoch, start_step = trainer.position
         for epoch in range(start_epoch, args.epochs):

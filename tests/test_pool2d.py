@@ -288,15 +288,16 @@ def test_no_aten_pooling_runs(triton_backend, device, record_aten_ops, op, kwarg
     assert not rec.forbidden(), rec.forbidden()
 
 
-@pytest.mark.parametrize(
-    "op, kwargs",
-    [
-        (fcf.max_pool2d, {"kernel_size": 2}),
-        (fcf.avg_pool2d, {"kernel_size": 2}),
-        (fcf.adaptive_avg_pool2d, {"output_size": 1}),
-    ],
-    ids=["max", "avg", "adaptive"],
-)
+# One small call of each op, for the checks that apply to all three.
+EACH_OP = [
+    (fcf.max_pool2d, {"kernel_size": 2}),
+    (fcf.avg_pool2d, {"kernel_size": 2}),
+    (fcf.adaptive_avg_pool2d, {"output_size": 1}),
+]
+EACH_OP_IDS = ["max", "avg", "adaptive"]
+
+
+@pytest.mark.parametrize("op, kwargs", EACH_OP, ids=EACH_OP_IDS)
 def test_pooling_under_autocast_keeps_the_input_dtype(triton_backend, device, op, kwargs):
     x = torch.randn(1, 2, 4, 4, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -313,15 +314,7 @@ def test_bad_arguments_raise_clear_errors(
         op(torch.randn(shape, device=device), **kwargs)
 
 
-@pytest.mark.parametrize(
-    "op, kwargs",
-    [
-        (fcf.max_pool2d, {"kernel_size": 2}),
-        (fcf.avg_pool2d, {"kernel_size": 2}),
-        (fcf.adaptive_avg_pool2d, {"output_size": 1}),
-    ],
-    ids=["max", "avg", "adaptive"],
-)
+@pytest.mark.parametrize("op, kwargs", EACH_OP, ids=EACH_OP_IDS)
 def test_integer_input_is_rejected_on_triton(triton_backend, device, op, kwargs):
     x = torch.ones(1, 2, 4, 4, dtype=torch.int64, device=device)
     with pytest.raises(TypeError, match="input has dtype torch.int64"):

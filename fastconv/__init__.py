@@ -2,16 +2,29 @@
 
 ``fastconv.functional`` holds the ops, ``fastconv.layers`` the ``nn.Module``s and
 ``convert(model)``, ``fastconv.backend`` the choice between the Triton kernels and the
-torch reference. The Triton kernels themselves are imported on first use.
+torch reference. Submodules are imported on first attribute access (PEP 562), so that
+``import fastconv`` and the command-line tools' ``--help`` do not pay for importing torch.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from fastconv import backend, functional, layers
+import importlib
+from importlib.metadata import PackageNotFoundError, version
 
 try:
     __version__ = version("fastconv")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "backend", "functional", "layers"]
+_SUBMODULES = ("backend", "functional", "layers")
+__all__ = ["__version__", *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fastconv.{name}")
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULES))

@@ -30,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
+from fastconv.kernels import alloc
 from fastconv.kernels.layout import memory_format_of
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "dgrad_configs",
     "fwd_configs",
     "wgrad_configs",
+    "wgrad_partition",
     "wgrad_split",
 ]
 
@@ -463,7 +465,7 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 def _empty_like_format(shape: tuple[int, ...], like: Tensor) -> Tensor:
     """An empty (N, C, H, W) tensor of ``shape`` in ``like``'s memory format, dtype and device."""
-    return torch.empty(
+    return alloc.empty(
         shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like)
     )
 
@@ -564,6 +566,23 @@ def wgrad_split(rows: int, weight_numel: int) -> int:
     return max(1, min(by_rows, by_workspace, by_programs))
 
 
+def wgrad_partition(rows: int, weight_numel: int, split: int | None = None) -> tuple[int, int]:
+    """(rows per program, programs) of wgrad's split-K over ``rows`` = N*P*Q output pixels.
+
+    ``split`` asks for that many programs (tests pass it to take the split and the no-split
+    path on any device); None lets :func:`wgrad_split` choose. Every program gets
+    ``cdiv(rows, split)`` consecutive rows, the last one the remainder, and none is empty, so
+    fewer programs run when ``split`` does not fit ``rows`` (10 rows with split=4: 3 + 3 + 3
+    + 1 rows, 4 programs; with split=6: 2 rows each, 5 programs). ``rows`` must be positive.
+    """
+    if split is None:
+        split = wgrad_split(rows, weight_numel)
+    elif split < 1:
+        raise ValueError(f"split must be at least 1, got split={split}")
+    rows_per_split = triton.cdiv(rows, min(split, rows))
+    return rows_per_split, triton.cdiv(rows, rows_per_split)
+
+
 def conv2d_bwd_weight(
     grad_y: Tensor,
     x: Tensor,
@@ -573,12 +592,13 @@ def conv2d_bwd_weight(
     padding: Pair,
     dilation: Pair,
     need_bias_grad: bool,
+    split: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """(grad_w (K, C, R, S), grad_b (K,) or None) from grad_y (N, K, P, Q) and x (N, C, H, W).
 
     ``relu_output`` is the forward output y when the ReLU was fused, else None. The N*P*Q
     reduction is split across programs into an fp32 workspace, then summed and cast to x's
-    dtype.
+    dtype; ``split`` overrides the number of programs (see :func:`wgrad_partition`).
     """
     n, c, h, w = x.shape
     k, _, r, s = weight_shape
@@ -586,14 +606,14 @@ def conv2d_bwd_weight(
     rows = n * p * q
     crs = c * r * s
     if rows == 0 or k * crs == 0:  # an empty reduction or an empty weight
-        grad_w = x.new_zeros((k, c, r, s))
-        return grad_w, x.new_zeros((k,)) if need_bias_grad else None
-    rows_per_split = triton.cdiv(rows, wgrad_split(rows, k * crs))
-    split = triton.cdiv(rows, rows_per_split)
+        grad_w = alloc.zeros((k, c, r, s), dtype=x.dtype, device=x.device)
+        grad_b = alloc.zeros((k,), dtype=x.dtype, device=x.device) if need_bias_grad else None
+        return grad_w, grad_b
+    rows_per_split, split = wgrad_partition(rows, k * crs, split)
     # Every element of the workspaces is written by exactly one program: no zero-fill needed.
-    grad_w_parts = torch.empty((split, k, crs), dtype=torch.float32, device=x.device)
+    grad_w_parts = alloc.empty((split, k, crs), dtype=torch.float32, device=x.device)
     grad_b_parts = (  # with no bias gradient, an unwritten stand-in pointer
-        torch.empty((split, k), dtype=torch.float32, device=x.device)
+        alloc.empty((split, k), dtype=torch.float32, device=x.device)
         if need_bias_grad
         else grad_w_parts
     )

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastconv.kernels import alloc
 from fastconv.kernels.layout import memory_format_of
 
 __all__ = [
@@ -118,7 +119,7 @@ def _needs_int64(*tensors: Tensor) -> bool:
 
 
 def _empty(shape, like: Tensor, memory_format: torch.memory_format, dtype=None) -> Tensor:
-    return torch.empty(
+    return alloc.empty(
         shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format
     )
 

@@ -3,6 +3,10 @@
 Without a GPU the Triton kernels run in Triton's interpreter, which must be switched on
 before triton or fastconv is imported: this file does it first thing, so plain ``pytest``
 tests every kernel on a CPU-only machine. With a GPU the kernels run compiled on CUDA.
+
+Every test runs with poisoned kernel allocations (:mod:`fastconv.kernels.alloc`): outputs
+and workspaces start as NaN (argmax buffers as an impossible index), so an element a kernel
+forgets to write fails the parity tests instead of passing on whatever memory held.
 """
 
 import os
@@ -19,13 +23,31 @@ import pytest  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from fastconv import backend  # noqa: E402
+from fastconv.kernels import alloc  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # aten ops whose presence means torch, not Triton, did the work.
 FORBIDDEN_OP_FRAGMENTS = ("convolution", "conv2d", "cudnn", "mkldnn", "pool")
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# The two places where Triton's interpreter cannot stand in for a GPU (docs/decisions.md):
+requires_compiled_bf16_dot = pytest.mark.skipif(
+    backend.TRITON_INTERPRETER,
+    reason="needs compiled kernels on a CUDA GPU: Triton's interpreter computes bf16 tl.dot "
+    "wrongly (it multiplies the bf16 bit patterns as integers)",
+)
+requires_cuda_tf32 = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU: tf32 is a tensor-core format, and Triton's interpreter ignores "
+    "input_precision (multiplies in full fp32), so on the CPU this would repeat the fp32 test",
+)
+
+
+@pytest.fixture(autouse=True)
+def poison_kernel_allocations() -> Iterator[None]:
+    """Fill every buffer the launchers allocate with NaN / an invalid index (see the docstring)."""
+    with alloc.poison_allocations():
+        yield
 
 
 @pytest.fixture

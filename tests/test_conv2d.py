@@ -1,8 +1,9 @@
 """Fused conv2d + bias + ReLU: Triton kernels against torch in float64, forward and backward.
 
-Runs on CUDA when present, else in Triton's interpreter on the CPU (see conftest). fp16 and
-bf16 run only on CUDA: the interpreter's ``tl.dot`` multiplies bf16 bit patterns as
-integers, so half-precision parity is only meaningful on a GPU.
+Runs on CUDA when present, else in Triton's interpreter on the CPU (see conftest). fp32 and
+fp16 run everywhere (the interpreter multiplies fp16 tiles exactly and accumulates in fp32,
+as tensor cores do); bf16 and tf32 need a GPU: the interpreter's ``tl.dot`` multiplies bf16
+bit patterns as integers and ignores tf32.
 """
 
 import math
@@ -10,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, requires_cuda
+from conftest import DEVICE, requires_compiled_bf16_dot, requires_cuda_tf32
 
 from fastconv import backend
 from fastconv.functional import conv2d, conv2d_bias_relu
@@ -29,6 +30,7 @@ SHAPES = [
     pytest.param(2, 4, 7, 6, 4, 3, 3, 1, "same", 1, "nchw", id="same-3x3"),
     pytest.param(1, 3, 6, 7, 4, 2, 4, 1, "same", 1, "nchw", id="same-even-kernel"),
     pytest.param(2, 3, 8, 9, 5, 3, 1, (1, 2), (1, 0), (2, 1), "nchw", id="non-square"),
+    pytest.param(2, 3, 9, 7, 4, 2, 3, (2, 1), (0, 2), (1, 2), "nchw", id="stride2x1-dilation1x2"),
     pytest.param(2, 4, 7, 7, 6, 3, 3, 1, 1, 1, "channels_last", id="channels-last"),
     pytest.param(2, 3, 7, 6, 4, 3, 3, 1, 1, 1, "channel-slice", id="non-contiguous-slice"),
     pytest.param(1, 4, 6, 8, 3, 3, 3, 2, 1, 1, "transposed", id="non-contiguous-transposed"),
@@ -37,12 +39,15 @@ SHAPES = [
     pytest.param(2, 17, 5, 5, 33, 3, 3, 2, 1, 1, "channels_last", id="many-channels-cl-stride2"),
 ]
 
-# (dtype, allow_tf32, atol, rtol); atol is scaled by sqrt(reduction length).
+# (dtype, allow_tf32, atol, rtol); atol is scaled by sqrt(reduction length). fp16: products
+# are exact and accumulate in fp32 (rounding error ~ atol), and the result is rounded once on
+# store, by at most u = 2**-11 of the value: rtol 1e-3 is 2u. An fp16 accumulator would not
+# pass. bf16 and tf32 run on a GPU only; their tolerances are the older, looser ones.
 DTYPES = [
     pytest.param(torch.float32, False, 2e-5, 1e-4, id="fp32"),
-    pytest.param(torch.float32, True, 2e-3, 1e-2, id="tf32", marks=requires_cuda),
-    pytest.param(torch.float16, False, 2e-3, 1e-2, id="fp16", marks=requires_cuda),
-    pytest.param(torch.bfloat16, False, 1.6e-2, 5e-2, id="bf16", marks=requires_cuda),
+    pytest.param(torch.float32, True, 2e-3, 1e-2, id="tf32", marks=requires_cuda_tf32),
+    pytest.param(torch.float16, False, 2e-5, 1e-3, id="fp16"),
+    pytest.param(torch.bfloat16, False, 1.6e-2, 5e-2, id="bf16", marks=requires_compiled_bf16_dot),
 ]
 
 OPS = [
@@ -182,9 +187,197 @@ def test_fp32_dot_precision_follows_cudnn_allow_tf32(monkeypatch, dtype, allow_t
     assert conv2d_kernels._input_precision(dtype) == expected
 
 
-def test_wgrad_reduction_is_split_for_the_test_shapes():
-    # 2*8*8 output pixels of "odd-channels-3x3" must exercise the split-K path.
-    assert conv2d_kernels.wgrad_split(2 * 8 * 8, 5 * 3 * 3 * 3) > 1
+# The backward kernels called directly (their index paths do not depend on the op around
+# them), in the precisions the interpreter computes like a GPU: fp32 (IEEE) and fp16.
+LAUNCHER_DTYPES = [
+    pytest.param(torch.float32, 2e-5, 1e-4, id="fp32"),
+    pytest.param(torch.float16, 2e-5, 1e-3, id="fp16"),
+]
+
+
+def conv_operands(n, c, h, w, k, r, s, stride, padding, dilation, dtype, relu):
+    """Random (x, weight, grad_y, relu_output or None) and the float64 pre-activation graph.
+
+    Returns ``(x, weight, grad_y, relu_output, x64, w64, conv64, g64)`` where ``conv64`` is
+    the float64 conv of ``x64``/``w64`` (leaves requiring grad) and ``g64`` the gradient it
+    receives: ``grad_y``, masked by ``relu_output > 0`` when ``relu``.
+    """
+    torch.manual_seed(4)
+    x = torch.randn(n, c, h, w, device=DEVICE).to(dtype)
+    weight = torch.randn(k, c, r, s, device=DEVICE).to(dtype)
+    bias = torch.randn(k, device=DEVICE).to(dtype)
+    x64, w64 = (t.cpu().double().requires_grad_() for t in (x, weight))
+    conv64 = F.conv2d(x64, w64, None, stride, padding, dilation)
+    grad_y = torch.randn(conv64.shape, device=DEVICE).to(dtype)
+    g64 = grad_y.cpu().double()
+    relu_output = None
+    if relu:
+        relu_output = F.relu(conv64.detach() + bias.cpu().double()[:, None, None]).to(dtype)
+        assert (relu_output == 0).any() and (relu_output > 0).any()
+        g64 = g64 * (relu_output.cpu() > 0)
+        relu_output = relu_output.to(DEVICE)
+    return x, weight, grad_y, relu_output, x64, w64, conv64, g64
+
+
+def dgrad_paths(h, w, r, s, stride, padding, dilation) -> set[str]:
+    """The paths of the dgrad kernel that a shape takes (its stride-phase logic, in Python).
+
+    Axis 2 of dgrad's grid is the stride phase (h mod stride_h, w mod stride_w); within a
+    phase a tap (r, s) applies to every pixel or to none ("taps skipped").
+    """
+    (sh, sw), (pad_h, pad_w), (dh, dw) = stride, padding, dilation
+    p = (h + 2 * pad_h - dh * (r - 1) - 1) // sh + 1
+    q = (w + 2 * pad_w - dw * (s - 1) - 1) // sw + 1
+    paths = {"ragged phases"} if h % sh or w % sw else set()
+    for phase_h in range(sh):
+        for phase_w in range(sw):
+            pixels = [(i, j) for i in range(phase_h, h, sh) for j in range(phase_w, w, sw)]
+            taps = [
+                (tr, ts)
+                for tr in range(r)
+                for ts in range(s)
+                if (phase_h + pad_h - tr * dh) % sh == 0 and (phase_w + pad_w - ts * dw) % sw == 0
+            ]
+            if not pixels:
+                paths.add("empty phase")  # the whole phase lies past the input's edge
+            elif not taps:
+                paths.add("phase without taps")  # grad_x is 0 there, and must be written
+            else:
+                paths.add("taps hit")
+                if len(taps) < r * s:
+                    paths.add("taps skipped")
+                if any(
+                    not any(
+                        0 <= (i + pad_h - tr * dh) // sh < p
+                        and 0 <= (j + pad_w - ts * dw) // sw < q
+                        for tr, ts in taps
+                    )
+                    for i, j in pixels
+                ):
+                    paths.add("pixels out of reach")  # no output window covers them
+    return paths
+
+
+DGRAD_PATHS = {
+    "taps hit",
+    "taps skipped",
+    "phase without taps",
+    "empty phase",
+    "ragged phases",
+    "pixels out of reach",
+}
+
+# (N, C, H, W, K, R, S, stride, padding, dilation) for dgrad's stride phases
+DGRAD_SHAPES = [
+    pytest.param(2, 3, 7, 9, 4, 3, 3, (1, 2), (1, 1), (1, 1), id="stride1x2"),
+    pytest.param(2, 3, 9, 7, 4, 3, 3, (2, 1), (1, 1), (1, 1), id="stride2x1"),
+    pytest.param(1, 3, 11, 10, 4, 3, 3, (2, 3), (2, 1), (2, 2), id="stride2x3-dilation2"),
+    # K = 18: two output-channel chunks per tap, across skipped taps
+    pytest.param(1, 2, 10, 11, 18, 2, 3, (3, 2), (0, 2), (1, 3), id="stride3x2-dilation1x3-k18"),
+    # ResNet's 1x1 stride-2 shortcut: three of four phases get no tap (grad_x = 0)
+    pytest.param(2, 4, 7, 8, 3, 1, 1, (2, 2), (0, 0), (1, 1), id="1x1-stride2"),
+    # stride above the kernel, W = 3 < stride: a phase column past the input's edge
+    pytest.param(1, 2, 5, 3, 3, 3, 2, (1, 4), (1, 0), (1, 1), id="stride1x4-W3"),
+]
+
+
+def test_dgrad_shapes_take_every_stride_phase_path():
+    taken = set()
+    for param in DGRAD_SHAPES:
+        _, _, h, w, _, r, s, stride, padding, dilation = param.values
+        taken |= dgrad_paths(h, w, r, s, stride, padding, dilation)
+    assert taken == DGRAD_PATHS
+
+
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), LAUNCHER_DTYPES)
+@pytest.mark.parametrize("relu", [True, False], ids=["relu-mask", "no-mask"])
+@pytest.mark.parametrize(
+    ("n", "c", "h", "w", "k", "r", "s", "stride", "padding", "dil"), DGRAD_SHAPES
+)
+def test_dgrad_stride_phases_match_torch(
+    dtype, atol, rtol, relu, n, c, h, w, k, r, s, stride, padding, dil
+):  # fmt: skip
+    x, weight, grad_y, relu_output, x64, _, conv64, g64 = conv_operands(
+        n, c, h, w, k, r, s, stride, padding, dil, dtype, relu
+    )
+    grad_x = conv2d_kernels.conv2d_bwd_input(
+        grad_y, weight, relu_output, x.shape, stride, padding, dil
+    )
+    (expected,) = torch.autograd.grad(conv64, x64, g64)
+    assert grad_x.dtype == dtype and grad_x.shape == x.shape
+    assert_close(grad_x.cpu(), expected, k * r * s, atol, rtol, "grad input")
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation): N*P*Q = 2*5*8 = 80 reduction rows.
+WGRAD_SHAPE = (2, 3, 9, 8, 5, 3, 3, (2, 1), (1, 2), (1, 2))
+WGRAD_ROWS = 80
+
+
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), LAUNCHER_DTYPES)
+@pytest.mark.parametrize(
+    ("relu", "bias_grad"), [(True, True), (False, False)], ids=["relu-bias", "plain"]
+)
+@pytest.mark.parametrize(
+    "split",
+    [
+        pytest.param(1, id="no-split"),
+        pytest.param(2, id="split2-even"),  # 40 + 40 rows
+        pytest.param(3, id="split3-ragged"),  # 27 + 27 + 26 rows
+        pytest.param(12, id="split12-short"),  # 11 * 7 + 3 rows: less than a BLOCK_K chunk
+    ],
+)
+def test_wgrad_split_k_matches_torch(split, relu, bias_grad, dtype, atol, rtol):
+    n, c, h, w, k, r, s, stride, padding, dil = WGRAD_SHAPE
+    x, _, grad_y, relu_output, _, w64, conv64, g64 = conv_operands(*WGRAD_SHAPE, dtype, relu)
+    p, q = grad_y.shape[2:]
+    assert n * p * q == WGRAD_ROWS
+    # the requested split is the one that runs
+    assert conv2d_kernels.wgrad_partition(WGRAD_ROWS, k * c * r * s, split)[1] == split
+    grad_w, grad_b = conv2d_kernels.conv2d_bwd_weight(
+        grad_y, x, relu_output, (k, c, r, s), stride, padding, dil, bias_grad, split=split
+    )
+    (expected_w,) = torch.autograd.grad(conv64, w64, g64)
+    assert grad_w.dtype == dtype and grad_w.shape == (k, c, r, s)
+    assert_close(grad_w.cpu(), expected_w, WGRAD_ROWS, atol, rtol, "grad weight")
+    if bias_grad:
+        assert_close(grad_b.cpu(), g64.sum((0, 2, 3)), WGRAD_ROWS, atol, rtol, "grad bias")
+    else:
+        assert grad_b is None
+
+
+@pytest.mark.parametrize(
+    ("rows", "split", "expected"),
+    [
+        (80, 1, (80, 1)),
+        (80, 3, (27, 3)),
+        (10, 4, (3, 4)),  # 3 + 3 + 3 + 1
+        (10, 6, (2, 5)),  # 2 rows each: 5 programs, none empty
+        (80, 500, (1, 80)),  # at most one program per row
+    ],
+)
+def test_wgrad_partition_honours_an_explicit_split(rows, split, expected):
+    assert conv2d_kernels.wgrad_partition(rows, 100, split) == expected
+
+
+def test_wgrad_partition_rejects_a_split_below_one():
+    with pytest.raises(ValueError, match="split must be at least 1, got split=0"):
+        conv2d_kernels.wgrad_partition(80, 100, 0)
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 1000, 10**5, 10**7])
+@pytest.mark.parametrize("weight_numel", [1, 864, 36864, 2**20, 2**27])
+def test_wgrad_split_policy(rows, weight_numel):
+    """The automatic split: >= 1, about WGRAD_ROWS_PER_SPLIT rows per program or more, capped
+    programs and workspace; the default partition runs that many programs or fewer."""
+    split = conv2d_kernels.wgrad_split(rows, weight_numel)
+    assert split >= 1
+    if split > 1:
+        assert (split - 1) * conv2d_kernels.WGRAD_ROWS_PER_SPLIT < rows
+        assert split * weight_numel <= conv2d_kernels.WGRAD_MAX_WORKSPACE
+        nominal_tiles = conv2d_kernels.WGRAD_TARGET_PROGRAMS * conv2d_kernels.WGRAD_NOMINAL_TILE
+        assert split * weight_numel <= nominal_tiles
+    rows_per_split, programs = conv2d_kernels.wgrad_partition(rows, weight_numel)
+    assert programs <= split and (programs - 1) * rows_per_split < rows <= programs * rows_per_split
 
 
 def test_no_aten_convolution_runs(triton_backend, record_aten_ops):
@@ -225,20 +418,26 @@ def test_no_grad_saves_nothing(triton_backend):
     assert count_saved_tensors(lambda: conv2d(x, weight, bias)) == 2
 
 
-@requires_cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_autocast_returns_autocast_dtype(triton_backend, dtype):
-    # CUDA only: the interpreter cannot multiply bf16 (see the module docstring).
+@pytest.mark.parametrize(
+    ("dtype", "atol", "rtol"),
+    [
+        pytest.param(torch.float16, 2e-5, 1e-3, id="fp16"),
+        pytest.param(torch.bfloat16, 1.6e-2, 5e-2, id="bf16", marks=requires_compiled_bf16_dot),
+    ],
+)
+def test_autocast_returns_autocast_dtype(triton_backend, dtype, atol, rtol):
     x = torch.randn(2, 3, 8, 8, device=DEVICE, requires_grad=True)
     weight = torch.randn(4, 3, 3, 3, device=DEVICE, requires_grad=True)
     bias = torch.randn(4, device=DEVICE, requires_grad=True)
-    with torch.autocast("cuda", dtype=dtype):
+    with torch.autocast(DEVICE.type, dtype=dtype):
         y = conv2d_bias_relu(x, weight, bias, padding=1)
     assert y.dtype == dtype
     y.float().sum().backward()
     assert x.grad.dtype == weight.grad.dtype == bias.grad.dtype == torch.float32
-    expected = F.relu(F.conv2d(x.to(dtype), weight.to(dtype), bias.to(dtype), padding=1))
-    torch.testing.assert_close(y, expected, atol=5e-2, rtol=5e-2)
+    # the kernels saw the autocast-rounded operands: compare with those in float64
+    x64, w64, b64 = (t.detach().to(dtype).cpu().double() for t in (x, weight, bias))
+    expected = F.relu(F.conv2d(x64, w64, b64, padding=1))
+    assert_close(y.cpu(), expected, 3 * 3 * 3, atol, rtol, "output")
 
 
 def test_forced_triton_without_interpreter_raises(monkeypatch):

@@ -7,8 +7,9 @@ reference as :mod:`fastconv.backend` decides. Options the kernels do not support
 at construction with the argument named.
 
 :func:`convert` turns an existing torch model into a fastconv one: inside an ``nn.Sequential``
-a ``Conv2d`` directly followed by ``ReLU`` becomes one fused :class:`Conv2dReLU`, and the
-remaining supported convolution and pooling modules are swapped for their fastconv versions.
+that runs its children in order, a ``Conv2d`` directly followed by ``ReLU`` becomes one fused
+:class:`Conv2dReLU`, and the remaining supported convolution and pooling modules are swapped
+for their fastconv versions.
 """
 
 from __future__ import annotations
@@ -207,33 +208,66 @@ _REPLACEMENTS = {
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert` did; each entry is (qualified module name, description)."""
+    """What :func:`convert` did; each entry is (qualified module name, description).
+
+    ``unfused`` lists Conv2d + ReLU neighbours left as two modules (each converted on its own)
+    because convert cannot prove the ReLU runs right after the convolution.
+    """
 
     fused: list[tuple[str, str]] = field(default_factory=list)
     replaced: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unfused: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [
+        header = (
             f"fastconv.convert: {len(self.fused)} fused, {len(self.replaced)} replaced, "
             f"{len(self.skipped)} skipped"
-        ]
+        )
+        if self.unfused:
+            header += f", {len(self.unfused)} not fused"
+        lines = [header]
         for title, entries in (
             ("fused", self.fused),
             ("replaced", self.replaced),
             ("skipped", self.skipped),
+            ("unfused", self.unfused),
         ):
             lines += [f"  {title:8} {name}: {text}" for name, text in entries]
         return "\n".join(lines)
 
 
-def _is_plain_sequential(module: nn.Module) -> bool:
-    """An ``nn.Sequential`` (or subclass) that runs its children in order, unchanged."""
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+# What nn.Sequential runs its children with: a subclass that overrides any of these may call
+# them in another order, skip one, or do something in between.
+_SEQUENTIAL_CALL_PATH = ("__call__", "_call_impl", "forward", "__iter__")
+# A hook belongs to the module object: a replacement would silently lose it.
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
+def _order_unknown_reason(sequential: nn.Sequential) -> str | None:
+    """Why the children of ``sequential`` may not run one after the other, or None."""
+    cls = type(sequential)
+    for attr in _SEQUENTIAL_CALL_PATH:
+        if getattr(cls, attr) is not getattr(nn.Sequential, attr):
+            return (
+                f"{cls.__name__} overrides nn.Sequential.{attr}, so the ReLU may not run "
+                "right after the convolution"
+            )
+    return None
+
+
+def _hooks_reason(module: nn.Module) -> str | None:
+    """Why ``module`` must stay the same object (it has hooks), or None."""
+    kinds = [name.strip("_").replace("_", " ") for name in _HOOK_DICTS if getattr(module, name)]
+    if kinds:
+        return f"has {', '.join(kinds)}, which a replacement would lose"
+    return None
 
 
 def _fusable_conv(module: nn.Module) -> bool:
     """A convolution that a following ReLU can be fused into."""
+    if _hooks_reason(module) is not None:
+        return False
     if type(module) is nn.Conv2d:
         return _conv_unsupported_reason(module.groups, module.padding_mode) is None
     return type(module) is Conv2d
@@ -243,8 +277,8 @@ def _replace(module: nn.Module, name: str, report: ConversionReport) -> nn.Modul
     """The fastconv layer for a torch conv/pool ``module``, or None to keep it."""
     fastconv_class = _REPLACEMENTS.get(type(module))
     if fastconv_class is not None:
-        reason = None
-        if fastconv_class is Conv2d:
+        reason = _hooks_reason(module)
+        if reason is None and fastconv_class is Conv2d:
             reason = _conv_unsupported_reason(module.groups, module.padding_mode)
         if reason is not None:
             report.skipped.append((name, f"{module}: {reason}"))
@@ -262,19 +296,27 @@ def _replace(module: nn.Module, name: str, report: ConversionReport) -> nn.Modul
 def _convert_children(parent: nn.Module, prefix: str, report: ConversionReport) -> None:
     """Fuse and replace the children of ``parent`` in place, then recurse into the others."""
     names = list(parent._modules)
-    fuse_pairs = _is_plain_sequential(parent)
+    # Only an nn.Sequential that runs its children in order makes neighbours consecutive.
+    is_sequential = isinstance(parent, nn.Sequential)
+    order_reason = _order_unknown_reason(parent) if is_sequential else None
     for index, name in enumerate(names):
         child = parent._modules[name]
         if child is None:
             continue
         next_name = names[index + 1] if index + 1 < len(names) else None
-        if fuse_pairs and _fusable_conv(child) and type(parent._modules.get(next_name)) is nn.ReLU:
-            parent._modules[name] = Conv2dReLU.from_torch(child)
-            parent._modules[next_name] = nn.Identity()
-            report.fused.append(
-                (prefix + name, f"{child} + ReLU ({prefix}{next_name}) -> fastconv Conv2dReLU")
+        next_child = parent._modules[next_name] if next_name is not None else None
+        if is_sequential and _fusable_conv(child) and type(next_child) is nn.ReLU:
+            reason = order_reason or _hooks_reason(next_child)
+            if reason is None:
+                parent._modules[name] = Conv2dReLU.from_torch(child)
+                parent._modules[next_name] = nn.Identity()
+                report.fused.append(
+                    (prefix + name, f"{child} + ReLU ({prefix}{next_name}) -> fastconv Conv2dReLU")
+                )
+                continue
+            report.unfused.append(
+                (prefix + name, f"{child} + ReLU ({prefix}{next_name}) not fused: {reason}")
             )
-            continue
         if isinstance(child, tuple(_REPLACEMENTS)):
             replacement = _replace(child, prefix + name, report)
             if replacement is not None:
@@ -288,12 +330,16 @@ def convert(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, Convers
 
     Walks every submodule. Inside an ``nn.Sequential``, an ``nn.Conv2d`` immediately followed
     by ``nn.ReLU`` becomes one :class:`Conv2dReLU` and the ReLU's slot becomes ``nn.Identity``,
-    so indices and ``state_dict`` keys stay valid. Other ``nn.Conv2d``, ``nn.MaxPool2d``,
+    so indices and ``state_dict`` keys stay valid. A subclass of ``nn.Sequential`` that
+    overrides ``forward`` (or ``__iter__``, ``__call__``) may not run its children in order,
+    and a ReLU with hooks must stay itself: such pairs are not fused but converted one by one
+    and listed in ``report.unfused`` with the reason. Other ``nn.Conv2d``, ``nn.MaxPool2d``,
     ``nn.AvgPool2d`` and ``nn.AdaptiveAvgPool2d`` become the fastconv layers, sharing the
     parameters (same device and dtype) and training mode. Modules fastconv cannot run
-    (convolutions with ``groups != 1`` or ``padding_mode != "zeros"``, and subclasses of these
-    classes, whose forward may differ) are kept and listed in ``report.skipped`` with the
-    reason. With ``inplace=False`` the model is deep-copied first and left unchanged.
+    (convolutions with ``groups != 1`` or ``padding_mode != "zeros"``), modules with hooks
+    (a replacement would lose them; ``weight_norm`` is one) and subclasses of these classes
+    (whose forward may differ) are kept and listed in ``report.skipped`` with the reason.
+    With ``inplace=False`` the model is deep-copied first and left unchanged.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -1,6 +1,7 @@
 """fastconv.layers.convert: fusion, replacement, skipped modules, parity on torchvision models."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -42,6 +43,36 @@ class WeightScaledConv2d(nn.Conv2d):
 
     def forward(self, x):
         return self._conv_forward(x, 0.5 * self.weight, self.bias)
+
+
+class ReLUFirst(nn.Sequential):
+    """Runs its children last to first: its ReLU comes before its convolution."""
+
+    def forward(self, x):
+        for module in reversed(self):
+            x = module(x)
+        return x
+
+
+class SkipsReLU(nn.Sequential):
+    """Runs its convolution and its pool, never its ReLU."""
+
+    def forward(self, x):
+        return self[2](self[0](x))
+
+
+class ReversedIteration(nn.Sequential):
+    """Keeps nn.Sequential.forward, whose ``for module in self`` goes last to first."""
+
+    def __iter__(self):
+        return reversed(list(self._modules.values()))
+
+
+class NamedSequential(nn.Sequential):
+    """A subclass that runs its children exactly as nn.Sequential does."""
+
+    def describe(self) -> str:
+        return "conv, relu, pool"
 
 
 def _hand_made_model() -> nn.Sequential:
@@ -99,16 +130,33 @@ def test_convert_hand_made_model_report():
     assert "groups=2 is not supported" in text
 
 
-def test_convert_hand_made_model_matches_original(device, triton_backend, no_tf32):
+def _conv_and_pool_ops(recorder) -> list[str]:
+    return sorted(op for op in recorder.ops if "conv" in op or "pool" in op)
+
+
+def test_convert_hand_made_model_matches_original(device, triton_backend, no_tf32, record_aten_ops):
+    """Output and every gradient on Triton vs the original in float64; only the 3 skipped
+    convolutions run in torch (one aten convolution each way), every other op in Triton."""
     torch.manual_seed(0)
     model = _hand_made_model().to(device).eval()
     reference = copy.deepcopy(model).double()
     converted, _ = layers.convert(model)
-    x = torch.randn(2, 3, 8, 8, device=device)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            converted(x), reference(x.double()).float(), atol=1e-4, rtol=1e-4
-        )
+    x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
+    x_ref = x.detach().double().requires_grad_()
+    grad_out = torch.randn(2, 4, device=device)
+
+    with record_aten_ops() as recorder:
+        y = converted(x)
+        y.backward(grad_out)
+    assert _conv_and_pool_ops(recorder) == ["convolution"] * 3 + ["convolution_backward"] * 3
+    y_ref = reference(x_ref)
+    y_ref.backward(grad_out.double())
+    torch.testing.assert_close(y, y_ref.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x.grad, x_ref.grad.float(), atol=1e-4, rtol=1e-4)
+    reference_params = dict(reference.named_parameters())
+    for name, param in converted.named_parameters():
+        expected = reference_params[name].grad.float()
+        torch.testing.assert_close(param.grad, expected, atol=1e-4, rtol=1e-4, msg=name)
 
 
 def test_convert_leaves_original_unchanged():
@@ -169,6 +217,142 @@ def test_convert_rejects_non_module():
         layers.convert({})
 
 
+# Sequential subclasses: (class, name of the override that stops fusion, or None to fuse).
+SEQUENTIAL_SUBCLASSES = [
+    (ReLUFirst, "forward"),
+    (SkipsReLU, "forward"),
+    (ReversedIteration, "__iter__"),
+    (NamedSequential, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("container_cls", "override"),
+    SEQUENTIAL_SUBCLASSES,
+    ids=[cls.__name__ for cls, _ in SEQUENTIAL_SUBCLASSES],
+)
+def test_convert_sequential_subclass_fuses_only_in_order(
+    container_cls, override, device, triton_backend, no_tf32, record_aten_ops
+):
+    """A subclass that overrides how nn.Sequential runs its children is not fused: its conv and
+    pool are replaced one by one, the ReLU kept, the pair listed in ``report.unfused``."""
+    torch.manual_seed(0)
+    block = container_cls(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    model = nn.Sequential(nn.Identity(), block).to(device)
+    converted, report = layers.convert(model)
+
+    types = dict(_module_types(converted))
+    assert types["1"] is container_cls
+    if override is None:
+        assert [name for name, _ in report.fused] == ["1.0"]
+        assert types["1.0"] is layers.Conv2dReLU and types["1.1"] is nn.Identity
+        assert report.unfused == []
+    else:
+        assert report.fused == []
+        assert types["1.0"] is layers.Conv2d and types["1.1"] is nn.ReLU
+        [(name, reason)] = report.unfused
+        assert name == "1.0"
+        assert f"{container_cls.__name__} overrides nn.Sequential.{override}" in reason
+        assert "1 not fused" in str(report) and "  unfused  1.0: " in str(report)
+        assert [name for name, _ in report.replaced] == ["1.0", "1.2"]
+    assert types["1.2"] is layers.MaxPool2d
+
+    x = torch.randn(2, 3, 6, 6, device=device)
+    with torch.no_grad():
+        with record_aten_ops() as recorder:
+            actual = converted(x)
+        assert recorder.forbidden() == []
+        expected = copy.deepcopy(model).double()(x.double()).float()
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_convert_keeps_modules_with_hooks():
+    """A replacement would lose a module's hooks: a hooked conv is kept, a hooked ReLU unfused."""
+    calls = []
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),  # 0: a forward hook -> kept as is
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),  # 2: replaced, not fused: the ReLU has a hook
+        nn.ReLU(),  # 3: doubles its output through a hook
+        nn.MaxPool2d(2),  # 4: a forward pre-hook -> kept as is
+    )
+    model[0].register_forward_hook(lambda module, args, output: calls.append("conv"))
+    model[3].register_forward_hook(lambda module, args, output: 2 * output)
+    model[4].register_forward_pre_hook(lambda module, args: calls.append("pool"))
+    converted, report = layers.convert(model)
+
+    assert report.fused == []
+    assert [name for name, _ in report.replaced] == ["2"]
+    assert [name for name, _ in report.skipped] == ["0", "4"]
+    assert "has forward hooks, which a replacement would lose" in dict(report.skipped)["0"]
+    assert "has forward pre hooks" in dict(report.skipped)["4"]
+    assert [name for name, _ in report.unfused] == ["2"]
+    assert "has forward hooks" in dict(report.unfused)["2"]
+    assert [type(m) for m in converted] == [
+        nn.Conv2d,
+        nn.ReLU,
+        layers.Conv2d,
+        nn.ReLU,
+        nn.MaxPool2d,
+    ]
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad(), use_backend("torch"):
+        torch.testing.assert_close(converted(x), model(x))
+    assert calls == ["conv", "pool", "conv", "pool"]
+
+
+def test_convert_keeps_weight_norm_conv():
+    """weight_norm recomputes the weight in a forward pre-hook: the conv must stay as it is."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated for the parametrization
+        conv = nn.utils.weight_norm(nn.Conv2d(3, 4, 3))
+    model = nn.Sequential(conv, nn.ReLU())
+    converted, report = layers.convert(model, inplace=True)  # weight_norm cannot be deep-copied
+    assert converted[0] is conv and type(converted[1]) is nn.ReLU
+    assert report.fused == [] and [name for name, _ in report.skipped] == ["0"]
+
+
+# Convolutions the kernels do not run: convert leaves them to torch and says why.
+UNSUPPORTED_CONVS = {
+    "groups2": (nn.Conv2d(4, 4, 3, padding=1, groups=2), "groups=2 is not supported"),
+    "depthwise": (nn.Conv2d(4, 4, 3, padding=1, groups=4), "groups=4 is not supported"),
+    "reflect": (
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+        "padding_mode='reflect' is not supported",
+    ),
+    "replicate": (
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="replicate"),
+        "padding_mode='replicate' is not supported",
+    ),
+    "circular": (
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
+        "padding_mode='circular' is not supported",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("conv", "reason"), UNSUPPORTED_CONVS.values(), ids=list(UNSUPPORTED_CONVS)
+)
+def test_convert_leaves_unsupported_conv_to_torch(
+    conv, reason, device, triton_backend, no_tf32, record_aten_ops
+):
+    torch.manual_seed(0)
+    model = nn.Sequential(copy.deepcopy(conv), nn.ReLU(), nn.MaxPool2d(2)).to(device)
+    converted, report = layers.convert(model)
+    assert [type(m) for m in converted] == [nn.Conv2d, nn.ReLU, layers.MaxPool2d]
+    assert report.fused == [] and [name for name, _ in report.replaced] == ["2"]
+    [(name, text)] = report.skipped
+    assert name == "0" and reason in text
+    x = torch.randn(1, 4, 6, 6, device=device)
+    with torch.no_grad():
+        with record_aten_ops() as recorder:
+            actual = converted(x)
+        expected = model(x)
+    assert _conv_and_pool_ops(recorder) == ["convolution"]  # the conv in torch, the pool not
+    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-6)
+
+
 VGG11_FUSED = [f"features.{i}" for i in (0, 3, 6, 8, 11, 13, 16, 18)]
 
 # (torchvision model, input size, fused names, replaced count, skipped count).
@@ -179,9 +363,10 @@ TORCHVISION_CASES = [
     ("resnet18", 32, [], 22, 0),  # 20 convs (not in Sequentials) + 2 pools
     ("mobilenet_v2", 32, [], 35, 17),  # 17 depthwise convs skipped
 ]
-# In Triton's interpreter each of these models takes minutes (alexnet 80 s, resnet18 170 s
-# forward alone), so on the CPU their parity runs on the torch backend and
-# test_convert_resnet18_slice_on_triton runs the Triton kernels; on a GPU they run Triton.
+# In Triton's interpreter each of these models takes minutes (alexnet 80 s, resnet18 170 s,
+# vgg11 features 170 s forward alone), so on the CPU their parity runs on the torch backend
+# and test_convert_torchvision_stem_on_triton runs the Triton kernels on each model's first
+# layers; on a GPU the whole models run on Triton.
 WHOLE_MODEL_BACKEND = "triton" if torch.cuda.is_available() else "torch"
 
 
@@ -193,6 +378,9 @@ WHOLE_MODEL_BACKEND = "triton" if torch.cuda.is_available() else "torch"
 def test_convert_torchvision_model(
     name, size, fused, replaced, skipped, device, no_tf32, record_aten_ops
 ):
+    """What convert fuses, replaces and skips in a whole torchvision model, and that the result
+    computes the original's function (on Triton with a GPU; on the CPU on the torch backend,
+    the stems run on Triton in test_convert_torchvision_stem_on_triton)."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).to(device).eval()
     types = _module_types(model)
@@ -217,25 +405,72 @@ def test_convert_torchvision_model(
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-3)
 
 
-def test_convert_resnet18_slice_on_triton(device, triton_backend, no_tf32, record_aten_ops):
-    """resnet18's stem and first stage (7x7 stride-2 conv, max pool, 4 convs in residual blocks)."""
+def _resnet18_stem(resnet: nn.Module) -> nn.Sequential:
+    return nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
+
+
+# (torchvision model, its first layers, input size, fused names, replaced names).
+TORCHVISION_STEMS = [
+    # 3x3 conv fused with its ReLU, 2x2 max pool
+    ("vgg11", lambda model: model.features[:3], 8, ["0"], ["2"]),
+    # 11x11 stride-4 conv fused with its ReLU, 3x3 stride-2 max pool
+    ("alexnet", lambda model: model.features[:3], 15, ["0"], ["2"]),
+    # 7x7 stride-2 conv, max pool, 4 convs in residual blocks (not fusable)
+    (
+        "resnet18",
+        _resnet18_stem,
+        16,
+        [],
+        ["0", "3", "4.0.conv1", "4.0.conv2", "4.1.conv1", "4.1.conv2"],
+    ),
+    # stride-2 conv + BatchNorm + ReLU6 in a Conv2dNormActivation (a Sequential subclass)
+    ("mobilenet_v2", lambda model: model.features[:1], 8, [], ["0.0"]),
+]
+
+
+def _record_outputs(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Filled with the output of each named submodule of ``model`` as it runs (a copy: an
+    in-place ReLU may follow)."""
+    outputs = {}
+    modules = dict(model.named_modules())
+    for name in names:
+        modules[name].register_forward_hook(
+            lambda module, args, output, name=name: outputs.__setitem__(name, output.clone())
+        )
+    return outputs
+
+
+@pytest.mark.parametrize(
+    ("name", "stem", "size", "fused", "replaced"),
+    TORCHVISION_STEMS,
+    ids=[case[0] for case in TORCHVISION_STEMS],
+)
+def test_convert_torchvision_stem_on_triton(
+    name, stem, size, fused, replaced, device, triton_backend, no_tf32, record_aten_ops
+):
+    """The first layers of each torchvision model, converted, on the Triton kernels (no aten
+    conv or pool) vs the original in float64: the output of every fused or replaced module
+    (a fused one against the original conv + ReLU) and of the whole stem."""
     torch.manual_seed(0)
-    resnet = torchvision.models.resnet18(weights=None)
-    model = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
-    model = model.to(device).eval()
+    model = stem(getattr(torchvision.models, name)(weights=None)).to(device).eval()
     converted, report = layers.convert(model)
-    assert [name for name, _ in report.replaced] == [
-        "0",
-        "3",
-        "4.0.conv1",
-        "4.0.conv2",
-        "4.1.conv1",
-        "4.1.conv2",
-    ]
-    x = torch.randn(1, 3, 16, 16, device=device)
+    assert [entry_name for entry_name, _ in report.fused] == fused
+    assert [entry_name for entry_name, _ in report.replaced] == replaced
+    assert report.skipped == [] and report.unfused == []
+    reference = copy.deepcopy(model).double()
+    expected_outputs = _record_outputs(reference, fused + replaced)
+    actual_outputs = _record_outputs(converted, fused + replaced)
+    x = torch.randn(1, 3, size, size, device=device)
     with torch.no_grad():
-        expected = model.double()(x.double()).float()
+        expected = reference(x.double()).float()
         with record_aten_ops() as recorder:
             actual = converted(x)
     assert recorder.forbidden() == []
+    for module_name in fused + replaced:
+        reference_output = expected_outputs[module_name].float()
+        if module_name in fused:
+            reference_output = torch.relu(reference_output)
+        torch.testing.assert_close(
+            actual_outputs[module_name], reference_output, atol=1e-4, rtol=1e-3, msg=module_name
+        )
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-3)

@@ -1,12 +1,17 @@
 """fastconv.layers: drop-in compatibility with torch.nn and parity of a small model."""
 
+import contextlib
+import copy
 import io
+from collections.abc import Iterator
 
 import pytest
 import torch
+from conftest import FORBIDDEN_OP_FRAGMENTS
 from torch import nn
 
 from fastconv import layers
+from fastconv.backend import use_backend
 
 # fastconv layer -> the torch layer it replaces, with the same constructor arguments.
 LAYER_PAIRS = [
@@ -54,6 +59,12 @@ def _torch_model() -> nn.Sequential:
         nn.AvgPool2d,
         nn.AdaptiveAvgPool2d,
     )
+
+
+@pytest.fixture
+def no_tf32(monkeypatch):
+    """fp32 convolutions in full precision on a GPU too, so float64 parity holds."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
 def _torch_keys(key: str) -> str:
@@ -131,63 +142,271 @@ def test_max_pool_return_indices_matches_torch(device, triton_backend, record_at
     assert torch.equal(indices, expected_indices)
 
 
-def test_vgg_style_model_matches_torch(device, triton_backend, record_aten_ops, monkeypatch):
-    """Output and every gradient of the fastconv model (Triton, float32) vs torch (float64)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full fp32 on a GPU too
-    torch.manual_seed(0)
-    fastconv_model = _fastconv_model().to(device)
-    torch_model = _torch_model().to(device).double()
-    torch_model.load_state_dict(
+def _torch_twin(fastconv_model: nn.Sequential) -> nn.Sequential:
+    """The torch.nn model (``_torch_model``) holding ``fastconv_model``'s state, in float64."""
+    device = next(fastconv_model.parameters()).device
+    twin = _torch_model().to(device).double().train(fastconv_model.training)
+    twin.load_state_dict(
         {_torch_keys(key): value for key, value in fastconv_model.state_dict().items()}
     )
-    x = torch.randn(2, 3, 16, 16, device=device, requires_grad=True)
+    return twin
+
+
+def _assert_matches_torch_twin(fastconv_model, twin, x, y, grad_out) -> None:
+    """``y = fastconv_model(x)`` (float32, backward done with ``grad_out``) vs the torch.nn
+    ``twin`` run here in float64: output, input gradient and every parameter gradient."""
     x_ref = x.detach().double().requires_grad_()
-    grad_out = torch.randn(2, 5, device=device, dtype=torch.float64)
-
-    with record_aten_ops() as recorder:
-        y = fastconv_model(x)
-        y.backward(grad_out.float())
-    assert recorder.forbidden() == []
-    y_ref = torch_model(x_ref)
-    y_ref.backward(grad_out)
-
+    y_ref = twin(x_ref)
+    y_ref.backward(grad_out.double())
     torch.testing.assert_close(y, y_ref.float(), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(x.grad, x_ref.grad.float(), atol=1e-4, rtol=1e-4)
-    reference_params = dict(torch_model.named_parameters())
+    reference_params = dict(twin.named_parameters())
     for name, param in fastconv_model.named_parameters():
         expected = reference_params[_torch_keys(name)].grad.float()
         torch.testing.assert_close(param.grad, expected, atol=1e-4, rtol=1e-4, msg=name)
 
 
-def test_torch_compile_of_fastconv_model(torch_backend):
-    """On the torch backend the layers trace into one graph, forward and backward."""
+def test_vgg_style_model_matches_torch(device, triton_backend, record_aten_ops, monkeypatch):
+    """Output and every gradient of the fastconv model (Triton, float32) vs torch (float64)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full fp32 on a GPU too
     torch.manual_seed(0)
-    model = _fastconv_model()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    x = torch.randn(2, 3, 16, 16, requires_grad=True)
-    y_compiled = compiled(x)
-    y_compiled.sum().backward()
-    grad_compiled = x.grad.clone()
-    x.grad = None
-    y_eager = model(x)
-    y_eager.sum().backward()
-    torch.testing.assert_close(y_compiled, y_eager)
-    torch.testing.assert_close(grad_compiled, x.grad)
+    fastconv_model = _fastconv_model().to(device)
+    twin = _torch_twin(fastconv_model)
+    x = torch.randn(2, 3, 16, 16, device=device, requires_grad=True)
+    grad_out = torch.randn(2, 5, device=device)
 
-
-def test_torch_compile_on_the_triton_backend(triton_backend, record_aten_ops):
-    """On the Triton backend compile graph-breaks around the kernels; results match eager."""
-    torch.manual_seed(0)
-    model = _fastconv_model()
-    compiled = torch.compile(model, backend="aot_eager")
-    x = torch.randn(1, 3, 8, 8, requires_grad=True)
     with record_aten_ops() as recorder:
-        y_compiled = compiled(x)
-        y_compiled.sum().backward()
-    assert not recorder.forbidden()
-    grad_compiled = x.grad.clone()
-    x.grad = None
-    y_eager = model(x)
-    y_eager.sum().backward()
-    torch.testing.assert_close(y_compiled, y_eager)
-    torch.testing.assert_close(grad_compiled, x.grad)
+        y = fastconv_model(x)
+        y.backward(grad_out)
+    assert recorder.forbidden() == []
+    _assert_matches_torch_twin(fastconv_model, twin, x, y, grad_out)
+
+
+def _counting_aot_eager(graphs: list):
+    """torch.compile backend: aot_eager, recording each graph dynamo hands it."""
+
+    def compiler(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return torch._dynamo.lookup_backend("aot_eager")(graph_module, example_inputs)
+
+    return compiler
+
+
+class ProfiledOps:
+    """Names of the events profiled by :func:`profile_ops`."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def forbidden(self) -> list[str]:
+        """aten ops that are convolutions or poolings (torch did the work, not Triton)."""
+        return sorted(
+            name
+            for name in self.names
+            if name.startswith("aten::") and any(f in name for f in FORBIDDEN_OP_FRAGMENTS)
+        )
+
+    def compiled_regions(self) -> list[str]:
+        """The torch.compile'd graphs that ran."""
+        return sorted(name for name in self.names if name.startswith("Torch-Compiled Region"))
+
+
+@contextlib.contextmanager
+def profile_ops() -> Iterator[ProfiledOps]:
+    """Record the aten ops run inside, as ``record_aten_ops`` does, for compiled code.
+
+    ``record_aten_ops`` is a TorchDispatchMode, and while one is active torch.compile'd code
+    does not run at all (dynamo falls back to eager), so it cannot test a compiled model;
+    the profiler leaves compiled code running.
+    """
+    ops = ProfiledOps()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        yield ops
+    ops.names = {event.name for event in profiler.events()}
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+def test_torch_compile_of_fastconv_model_matches_torch_nn(backend_name, device, monkeypatch):
+    """torch.compile of the fastconv model: output and every gradient match the torch.nn model.
+
+    On the torch backend the layers trace into one graph (``fullgraph=True``); on the Triton
+    backend compile graph-breaks around the kernels (no aten conv or pool runs) and still
+    runs the rest compiled. The reference is an independent torch.nn model, not eager fastconv.
+    """
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    fastconv_model = _fastconv_model().to(device)
+    twin = _torch_twin(fastconv_model)
+    graphs = []
+    on_triton = backend_name == "triton"
+    compiled = torch.compile(
+        fastconv_model, backend=_counting_aot_eager(graphs), fullgraph=not on_triton
+    )
+    x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
+    grad_out = torch.randn(2, 5, device=device)
+
+    with use_backend(backend_name), profile_ops() as ops:
+        y = compiled(x)
+        y.backward(grad_out)
+    assert graphs and ops.compiled_regions(), "the compiled model ran no compiled code"
+    if on_triton:
+        assert ops.forbidden() == []
+    else:
+        assert len(graphs) == 1
+        assert ops.forbidden(), "the profiler saw no conv: it cannot vouch for the Triton case"
+    _assert_matches_torch_twin(fastconv_model, twin, x, y, grad_out)
+
+
+# --------------------------------------------------------------------------- from_torch
+
+# Attributes from_torch must carry over, per fastconv class ("training" is the module's mode).
+COPIED_ATTRIBUTES = {
+    layers.Conv2d: (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+        "training",
+    ),
+    layers.MaxPool2d: (
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "return_indices",
+        "ceil_mode",
+        "training",
+    ),
+    layers.AvgPool2d: (
+        "kernel_size",
+        "stride",
+        "padding",
+        "ceil_mode",
+        "count_include_pad",
+        "divisor_override",
+        "training",
+    ),
+    layers.AdaptiveAvgPool2d: ("output_size", "training"),
+}
+
+# One case per copied attribute: the base module of its class with only that attribute set
+# to a value other than the default, so that dropping the copy of one attribute in
+# from_torch fails that attribute's case and no other. Bases: nn.Conv2d(4, 4, 3, bias=False),
+# nn.MaxPool2d(3), nn.AvgPool2d(3), nn.AdaptiveAvgPool2d(2). Inputs are (2, C, 9, 8): in ceil
+# mode a 3-wide window with stride 3 gives 3 columns instead of 2.
+FROM_TORCH_CASES = {
+    "conv-in_out_channels": (layers.Conv2d, lambda: nn.Conv2d(3, 5, 3, bias=False)),
+    "conv-kernel_size": (layers.Conv2d, lambda: nn.Conv2d(4, 4, (3, 2), bias=False)),
+    "conv-stride": (layers.Conv2d, lambda: nn.Conv2d(4, 4, 3, stride=(2, 3), bias=False)),
+    "conv-padding": (layers.Conv2d, lambda: nn.Conv2d(4, 4, 3, padding=(2, 1), bias=False)),
+    "conv-padding_same": (
+        layers.Conv2d,
+        lambda: nn.Conv2d(4, 4, 3, padding="same", bias=False),
+    ),
+    "conv-dilation": (layers.Conv2d, lambda: nn.Conv2d(4, 4, 3, dilation=(2, 3), bias=False)),
+    "conv-bias": (layers.Conv2d, lambda: nn.Conv2d(4, 4, 3, bias=True)),
+    "conv-eval": (layers.Conv2d, lambda: nn.Conv2d(4, 4, 3, bias=False).eval()),
+    "max-kernel_size": (layers.MaxPool2d, lambda: nn.MaxPool2d((3, 2))),
+    "max-stride": (layers.MaxPool2d, lambda: nn.MaxPool2d(3, stride=(2, 1))),
+    "max-padding": (layers.MaxPool2d, lambda: nn.MaxPool2d(3, padding=1)),
+    "max-dilation": (layers.MaxPool2d, lambda: nn.MaxPool2d(3, dilation=(2, 1))),
+    "max-return_indices": (layers.MaxPool2d, lambda: nn.MaxPool2d(3, return_indices=True)),
+    "max-ceil_mode": (layers.MaxPool2d, lambda: nn.MaxPool2d(3, ceil_mode=True)),
+    "max-eval": (layers.MaxPool2d, lambda: nn.MaxPool2d(3).eval()),
+    "avg-kernel_size": (layers.AvgPool2d, lambda: nn.AvgPool2d((3, 2))),
+    "avg-stride": (layers.AvgPool2d, lambda: nn.AvgPool2d(3, stride=(2, 1))),
+    "avg-padding": (layers.AvgPool2d, lambda: nn.AvgPool2d(3, padding=1)),
+    "avg-ceil_mode": (layers.AvgPool2d, lambda: nn.AvgPool2d(3, ceil_mode=True)),
+    # count_include_pad changes the output only with padding, so this case sets padding too.
+    "avg-count_include_pad": (
+        layers.AvgPool2d,
+        lambda: nn.AvgPool2d(3, padding=1, count_include_pad=False),
+    ),
+    "avg-divisor_override": (layers.AvgPool2d, lambda: nn.AvgPool2d(3, divisor_override=5)),
+    "avg-eval": (layers.AvgPool2d, lambda: nn.AvgPool2d(3).eval()),
+    "adaptive-output_size": (layers.AdaptiveAvgPool2d, lambda: nn.AdaptiveAvgPool2d((2, 3))),
+    "adaptive-output_size_none": (
+        layers.AdaptiveAvgPool2d,
+        lambda: nn.AdaptiveAvgPool2d((None, 3)),
+    ),
+    "adaptive-eval": (layers.AdaptiveAvgPool2d, lambda: nn.AdaptiveAvgPool2d(2).eval()),
+}
+
+
+@pytest.mark.parametrize(
+    ("fastconv_cls", "make_module"), FROM_TORCH_CASES.values(), ids=list(FROM_TORCH_CASES)
+)
+def test_from_torch_copies_attribute(
+    fastconv_cls, make_module, device, triton_backend, record_aten_ops, no_tf32
+):
+    """from_torch keeps each hyper-parameter, the parameters and the mode; same output on Triton."""
+    torch.manual_seed(0)
+    module = make_module().to(device)
+    layer = fastconv_cls.from_torch(module)
+    assert type(layer) is fastconv_cls
+    for name in COPIED_ATTRIBUTES[fastconv_cls]:
+        assert getattr(layer, name) == getattr(module, name), name
+    if isinstance(module, nn.Conv2d):
+        assert layer.weight is module.weight and layer.bias is module.bias
+    channels = getattr(module, "in_channels", 2)
+    x = torch.randn(2, channels, 9, 8, device=device)
+    with torch.no_grad():
+        with record_aten_ops() as recorder:
+            actual = layer(x)
+        assert recorder.forbidden() == []
+        expected = copy.deepcopy(module).double()(x.double())
+    if getattr(module, "return_indices", False):
+        (actual, actual_indices), (expected, expected_indices) = actual, expected
+        assert torch.equal(actual_indices, expected_indices)
+    torch.testing.assert_close(actual, expected.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_conv2d_relu_from_torch_applies_relu(device, triton_backend, record_aten_ops, no_tf32):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 5, 3).to(device)
+    layer = layers.Conv2dReLU.from_torch(conv)
+    assert type(layer) is layers.Conv2dReLU
+    assert layer.weight is conv.weight and layer.bias is conv.bias
+    x = torch.randn(2, 4, 6, 5, device=device)
+    with torch.no_grad():
+        with record_aten_ops() as recorder:
+            actual = layer(x)
+        assert recorder.forbidden() == []
+        expected = torch.relu(copy.deepcopy(conv).double()(x.double()))
+    assert (actual == 0).any()  # the ReLU had something to do
+    torch.testing.assert_close(actual, expected.float(), atol=1e-5, rtol=1e-5)
+
+
+# Options the kernels do not run: from_torch refuses them (convert leaves them to torch).
+UNSUPPORTED_CONVS = {
+    "groups2": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=2), NotImplementedError, "groups=2"),
+    "depthwise": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), NotImplementedError, "groups=4"),
+    "reflect": (
+        lambda: nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+        ValueError,
+        "padding_mode='reflect'",
+    ),
+    "replicate": (
+        lambda: nn.Conv2d(4, 4, 3, padding=1, padding_mode="replicate"),
+        ValueError,
+        "padding_mode='replicate'",
+    ),
+    "circular": (
+        lambda: nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
+        ValueError,
+        "padding_mode='circular'",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("make_conv", "error", "message"), UNSUPPORTED_CONVS.values(), ids=list(UNSUPPORTED_CONVS)
+)
+@pytest.mark.parametrize("cls", [layers.Conv2d, layers.Conv2dReLU])
+def test_from_torch_refuses_unsupported_conv(cls, make_conv, error, message):
+    with pytest.raises(error, match=f"{message} is not supported"):
+        cls.from_torch(make_conv())

@@ -88,5 +88,9 @@ class AtenOpRecorder(TorchDispatchMode):
 
 @pytest.fixture
 def record_aten_ops() -> contextlib.AbstractContextManager[AtenOpRecorder]:
-    """``with record_aten_ops() as rec: ...`` then ``assert not rec.forbidden()``."""
+    """``with record_aten_ops() as rec: ...`` then ``assert not rec.forbidden()``.
+
+    A ``TorchDispatchMode`` makes ``torch.compile`` fall back to eager while it is active: do
+    not wrap compiled code in it (tests/test_layers.py uses the profiler there).
+    """
     return AtenOpRecorder

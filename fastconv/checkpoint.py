@@ -9,6 +9,7 @@ objects), so loading one from elsewhere never runs code. Anything that is not su
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from fastconv.atomic import atomic_write
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "check_state_dict_fits", "load_checkpoint", "save_checkpoint"]
 
 # What every fastconv.train checkpoint holds, and the training arguments a reader relies on.
 REQUIRED_KEYS = {"model": dict, "args": dict, "class_names": list}
@@ -46,7 +47,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle also warns (protocol): one line only
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types for a torn or foreign file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
@@ -61,3 +64,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         what = f"keys {wrong}" if wrong else f"training arguments {missing_args}"
         raise CheckpointError(f"{path} is not a fastconv.train checkpoint (missing {what})")
     return state
+
+
+def check_state_dict_fits(model: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """Raise :class:`CheckpointError` (one line naming ``source``) unless ``state_dict`` has
+    exactly ``model``'s tensors, by name and shape; ``model.load_state_dict`` then succeeds.
+
+    ``load_state_dict`` itself reports a mismatch as a many-line RuntimeError listing every key.
+    """
+    expected = model.state_dict()
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state_dict[k].shape)} (model: {tuple(v.shape)})"
+        for k, v in expected.items()
+        if isinstance(state_dict.get(k), torch.Tensor) and state_dict[k].shape != v.shape
+    ]
+    problems = [
+        f"{len(found)} {what}: {_few(found)}"
+        for found, what in (
+            (not_tensors, "not tensors"),
+            (missing, "missing"),
+            (unexpected, "unexpected"),
+            (wrong_shape, "of another shape"),
+        )
+        if found
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{source}: its weights do not fit the model {type(model).__name__} "
+            f"({'; '.join(problems)})"
+        )
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more

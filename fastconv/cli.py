@@ -28,6 +28,7 @@ __all__ = [
     "Parser",
     "exit_on_cli_error",
     "float_above",
+    "float_at_least",
     "int_at_least",
     "resolve_backend_choice",
     "resolve_device",
@@ -47,8 +48,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``."""
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (and < ``maximum`` when given)."""
 
     def parse(text: str) -> int:
         try:
@@ -57,6 +58,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value >= maximum:
+            raise argparse.ArgumentTypeError(f"must be < {maximum}, got {value}")
         return value
 
     parse.__name__ = f"integer >= {minimum}"
@@ -77,6 +80,22 @@ def float_above(minimum: float, maximum: float = math.inf) -> Callable[[str], fl
         return value
 
     parse.__name__ = f"number > {minimum}"
+    return parse
+
+
+def float_at_least(minimum: float) -> Callable[[str], float]:
+    """An argparse type: a finite float >= ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and value >= minimum):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = f"number >= {minimum}"
     return parse
 
 

@@ -5,8 +5,12 @@ Layouts found under the data folder (default ``tmp/``); labels are cat = 0, dog 
 * Kaggle's ``train/cat.<n>.jpg`` and ``train/dog.<n>.jpg``;
 * the zips as downloaded, ``train.zip`` or ``dogs-vs-cats.zip`` (which holds ``train.zip`` and
   ``test1.zip``), extracted once, safely, next to themselves;
-* Microsoft's ``PetImages/Cat`` and ``PetImages/Dog``;
-* class folders ``train/cat/`` and ``train/dog/``.
+* Microsoft's ``PetImages/Cat`` and ``PetImages/Dog`` (also one folder down, as its zip
+  extracts: ``kagglecatsanddogs_5340/PetImages/``);
+* class folders ``train/cat/`` and ``train/dog/``, or ``cat/`` and ``dog/`` in the data folder.
+
+Names are matched without regard to case: ``cat.0.jpg``, ``Dog.12.JPG``; class folders
+``cat``, ``cats``, ``Cat``, ``CATS``, ``dog``, ``dogs``, ``Dog``, ``DOGS``.
 
 Every image is decoded once into a ``(N, size, size, 3)`` uint8 array saved under
 ``<data>/cache/`` and memory-mapped afterwards, so an epoch never decodes a JPEG. Batches
@@ -74,7 +78,8 @@ Get Kaggle's data from https://www.kaggle.com/c/dogs-vs-cats (accept the competi
 first), for example with the Kaggle CLI:
     kaggle competitions download -c dogs-vs-cats -p {data}
 and leave dogs-vs-cats.zip (or train.zip) in {data}/: it is extracted on the first run.
-Also accepted: {data}/train/cat.0.jpg ..., {data}/train/cat/ + {data}/train/dog/,
+Also accepted: {data}/train/cat.0.jpg ..., {data}/train/cat/ + {data}/train/dog/
+({data}/cat/ + {data}/dog/, cats/dogs, any case),
 or Microsoft's {data}/PetImages/Cat + {data}/PetImages/Dog.
 To see the pipeline work on generated images instead: python -m fastconv.train --demo"""
 
@@ -136,6 +141,7 @@ def _scan(data_dir: Path) -> ImageList | None:
         (data_dir / "train", _kaggle_layout, "kaggle"),
         (data_dir / "train", _class_folder_layout, "class folders"),
         (data_dir, _kaggle_layout, "kaggle"),
+        (data_dir, _class_folder_layout, "class folders"),
         (data_dir / "PetImages", _class_folder_layout, "PetImages"),
         *((p, _class_folder_layout, "PetImages") for p in sorted(data_dir.glob("*/PetImages"))),
     ]
@@ -259,7 +265,7 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
                 square = rgb.resize((size, size), Image.Resampling.BILINEAR)
                 return np.array(square, dtype=np.uint8)
     except Exception as exc:  # PIL raises many types on malformed files
-        reason = str(exc) or type(exc).__name__
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # one line
         raise BadImageError(f"{path}: {reason}") from exc
 
 
@@ -276,13 +282,14 @@ def decode_images(
 ) -> Iterator[tuple[np.ndarray | None, str | None]]:
     """``(array, None)`` or ``(None, reason)`` for each path, in order, with a progress bar.
 
-    ``workers`` > 0 decodes in that many processes; 0 decodes in this one.
+    ``workers`` > 0 decodes in that many processes (at most one per file); 0 decodes in this
+    one.
     """
     jobs = [(str(p), size) for p in paths]
     bar = tqdm(total=len(jobs), desc=desc, unit="img", dynamic_ncols=True)
     try:
         if workers > 0 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
                 for result in pool.map(_decode, jobs, chunksize=32):
                     bar.update()
                     yield result

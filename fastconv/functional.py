@@ -71,7 +71,15 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-@torch.compiler.disable
+# ``torch.compiler.disable`` imports torch._dynamo (1-2 s) when it decorates, i.e. when this
+# module is imported. ``torch._disable_dynamo`` is the same decorator made lazy, as torch uses
+# it internally: torch._dynamo is imported on the first call instead, and Dynamo skips the
+# wrapper while tracing (a graph break, no trace into the launchers). Should a later torch drop
+# it, the eager decorator keeps the behaviour and only the import gets slower.
+_lazy_compiler_disable = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
+
+
+@_lazy_compiler_disable
 def _triton_apply(function: type[torch.autograd.Function], *args):
     """``function.apply(*args)``, kept out of torch.compile graphs (a graph break).
 

@@ -15,8 +15,11 @@ from matplotlib.ticker import MaxNLocator
 __all__ = ["plot_confusion_matrix", "plot_history"]
 
 
-def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -> None:
-    """Loss (left) and accuracy (right) per epoch, train and validation, saved to ``path``."""
+def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -> Figure:
+    """Loss (left) and accuracy (right) per epoch, train and validation, saved to ``path``.
+
+    Returns the figure (already saved), for a caller that wants to inspect or re-save it.
+    """
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -30,12 +33,17 @@ def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -
         ax.grid(alpha=0.3)
         ax.legend()
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str
-) -> None:
-    """``matrix[true][predicted]`` counts as an annotated heat map, saved to ``path``."""
+) -> Figure:
+    """``matrix[true][predicted]`` counts as an annotated heat map, saved to ``path``.
+
+    Rows (the y axis, labelled "true") are the true classes and columns (the x axis,
+    "predicted") the predicted ones, in ``class_names`` order. Returns the saved figure.
+    """
     n = len(class_names)
     fig = Figure(figsize=(4.5, 4), layout="constrained")
     ax = fig.subplots()
@@ -56,3 +64,4 @@ def plot_confusion_matrix(
         title=title,
     )
     fig.savefig(path, dpi=120)
+    return fig

@@ -104,6 +104,69 @@ def test_find_images_in_every_layout(tmp_path, layout, expected_layout):
         assert len(list((tmp_path / "test1").glob("*.*"))) == 4
 
 
+# Every spelling a real folder uses: relative path -> expected label (0 = cat, 1 = dog);
+# None marks a file that must not be taken as a training image at all. Decoys name the other
+# class inside a file name, or carry "cat"/"dog" without Kaggle's "<class>." prefix.
+SPELLINGS = {
+    "kaggle lower case": (
+        "kaggle",
+        {"train/cat.0.jpg": 0, "train/cat.1.jpg": 0, "train/dog.0.jpg": 1, "train/dog.1.jpg": 1},
+    ),
+    "kaggle any case and suffix": (
+        "kaggle",
+        {
+            "train/Cat.3.JPG": 0,
+            "train/CAT.4.jpeg": 0,
+            "train/Dog.3.JPG": 1,
+            "train/DOG.5.Png": 1,
+            "train/hotdog.1.jpg": None,
+            "train/category.2.jpg": None,
+            "train/dog.6.txt": None,
+        },
+    ),
+    "kaggle in the data folder": ("kaggle", {"cat.0.jpg": 0, "Dog.1.JPG": 1}),
+    "class folders cat dog": (
+        "class folders",
+        {"train/cat/1.jpg": 0, "train/cat/dog.2.jpg": 0, "train/dog/cat.3.jpg": 1},
+    ),
+    "class folders cats dogs": (
+        "class folders",
+        {"train/cats/1.jpg": 0, "train/dogs/2.jpg": 1, "train/other/3.jpg": None},
+    ),
+    "class folders Cat Dog": ("class folders", {"train/Cat/1.jpg": 0, "train/Dog/1.jpg": 1}),
+    "class folders CATS DOGS": ("class folders", {"train/CATS/a.JPG": 0, "train/DOGS/b.png": 1}),
+    "class folders mixed": ("class folders", {"train/cats/1.jpg": 0, "train/Dog/2.jpg": 1}),
+    "class folders in the data folder": (
+        "class folders",
+        {"cats/1.jpg": 0, "Dog/2.jpg": 1, "test1/3.jpg": None},
+    ),
+    "PetImages": ("PetImages", {"PetImages/Cat/0.jpg": 0, "PetImages/Dog/0.jpg": 1}),
+    "PetImages one folder down": (
+        "PetImages",
+        {
+            "kagglecatsanddogs_5340/PetImages/Cat/1.jpg": 0,
+            "kagglecatsanddogs_5340/PetImages/Dog/1.jpg": 1,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_every_spelling_gives_each_image_its_label(tmp_path, spelling):
+    layout, files = SPELLINGS[spelling]
+    for name, label in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        solid_image(label or 0, "RGB", (8, 8)).save(path, format="PNG")
+    found = find_images(tmp_path)
+    assert found.layout == layout
+    got = {
+        p.relative_to(tmp_path).as_posix(): label
+        for p, label in zip(found.paths, found.labels.tolist(), strict=True)
+    }
+    assert got == {name: label for name, label in files.items() if label is not None}
+
+
 @pytest.mark.parametrize("layout", ["train.zip", "dogs-vs-cats.zip"])
 def test_zips_are_extracted_once(tmp_path, layout, monkeypatch):
     make_layout(tmp_path, layout)
@@ -195,6 +258,19 @@ def test_bad_files_raise_bad_image_error(tmp_path, kind):
     with pytest.raises(BadImageError, match=files[kind].name):
         load_image(files[kind], 16)
     assert Image.MAX_IMAGE_PIXELS is not None  # the bomb limit stays on
+
+
+def test_bad_image_reason_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "cat.1.jpg"
+    solid_image(0, "RGB", (8, 8)).save(path)
+
+    def open_fails(*args, **kwargs):
+        raise OSError("broken data stream\n  at byte 42\n")
+
+    monkeypatch.setattr(Image, "open", open_fails)
+    with pytest.raises(BadImageError) as info:
+        load_image(path, 8)
+    assert str(info.value) == f"{path}: broken data stream at byte 42"
 
 
 def test_images_over_the_bomb_warning_size_are_refused(tmp_path):

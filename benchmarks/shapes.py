@@ -55,6 +55,27 @@ class ConvShape:
         p, q = self.output_hw
         return 2 * self.n * self.k * p * q * self.c * self.r * self.s
 
+    def random_inputs(
+        self,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Random leaf ((x, w, b), grad_y); w is scaled so that y has unit variance."""
+        p, q = self.output_hw
+        fan_in = self.c * self.r * self.s
+        x = torch.randn(self.n, self.c, self.h, self.w, device=device)
+        w = torch.randn(self.k, self.c, self.r, self.s, device=device) / fan_in**0.5
+        b = 0.5 * torch.randn(self.k, device=device)
+        grad_y = torch.randn(self.n, self.k, p, q, device=device)
+        inputs = tuple(
+            t.to(
+                dtype=dtype, memory_format=memory_format if t.dim() == 4 else torch.preserve_format
+            ).requires_grad_()
+            for t in (x, w, b)
+        )
+        return inputs, grad_y.to(dtype=dtype, memory_format=memory_format)
+
     def describe(self) -> str:
         p, q = self.output_hw
         return (

@@ -15,31 +15,12 @@ from benchmarks.checks import check_conv
 from benchmarks.environment import CUDA, DTYPE_NAMES, DTYPES, conv_math, requires_gpu
 from benchmarks.modes import MODES, mode_rounds
 from benchmarks.providers import EAGER, conv_op, provider_backend
-from benchmarks.shapes import CONV_SHAPES, ConvShape
+from benchmarks.shapes import CONV_SHAPES
 from benchmarks.timing import benchmark_gpu, median_gpu_ms
 
 pytestmark = requires_gpu
 
 PASSES = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}
-
-
-def conv_inputs(
-    shape: ConvShape, dtype: torch.dtype, memory_format: torch.memory_format
-) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Random ((x, w, b), grad_y) on the GPU; w is scaled so that y has unit variance."""
-    p, q = shape.output_hw
-    fan_in = shape.c * shape.r * shape.s
-    x = torch.randn(shape.n, shape.c, shape.h, shape.w, device=CUDA)
-    w = torch.randn(shape.k, shape.c, shape.r, shape.s, device=CUDA) / fan_in**0.5
-    b = 0.5 * torch.randn(shape.k, device=CUDA)
-    grad_y = torch.randn(shape.n, shape.k, p, q, device=CUDA)
-    inputs = tuple(
-        t.to(
-            dtype=dtype, memory_format=memory_format if t.dim() == 4 else torch.preserve_format
-        ).requires_grad_()
-        for t in (x, w, b)
-    )
-    return inputs, grad_y.to(dtype=dtype, memory_format=memory_format)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -48,7 +29,7 @@ def conv_inputs(
 def test_conv2d_bias_relu(benchmark, eager_baseline, memory_format, shape, dtype, mode, provider):
     case = f"conv {shape.name} {conv_math(dtype)} {mode}"
     benchmark.group = case
-    inputs, grad_y = conv_inputs(shape, dtype, memory_format)
+    inputs, grad_y = shape.random_inputs(dtype, CUDA, memory_format)
     with provider_backend(provider):
         op = conv_op(provider, shape)
         check_conv(op, inputs, grad_y, shape, with_backward=mode != "fwd")

@@ -9,6 +9,7 @@ objects), so loading one from elsewhere never runs code. Anything that is not su
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ from typing import Any
 import torch
 
 from fastconv.atomic import atomic_write
+from fastconv.cli import first_few
 
 __all__ = ["CheckpointError", "check_state_dict_fits", "load_checkpoint", "save_checkpoint"]
 
 # What every fastconv.train checkpoint holds, and the training arguments a reader relies on.
 REQUIRED_KEYS = {"model": dict, "args": dict, "class_names": list}
 REQUIRED_ARGS = ("model", "img_size", "channels_last")
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")  # torch.load's errors carry terminal colour codes
 
 
 class CheckpointError(ValueError):
@@ -51,7 +54,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types for a torn or foreign file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _load_error_reason(exc)
         raise CheckpointError(
             f"{path} cannot be read as a checkpoint (truncated, corrupt or not saved by "
             f"torch.save of plain data): {reason[:200]}"
@@ -59,11 +62,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a fastconv.train checkpoint (holds a {type(state)})")
     wrong = [k for k, kind in REQUIRED_KEYS.items() if not isinstance(state.get(k), kind)]
-    missing_args = [a for a in REQUIRED_ARGS if a not in state.get("args", {})]
+    args = state.get("args")
+    missing_args = [a for a in REQUIRED_ARGS if a not in args] if isinstance(args, dict) else []
     if wrong or missing_args:
         what = f"keys {wrong}" if wrong else f"training arguments {missing_args}"
         raise CheckpointError(f"{path} is not a fastconv.train checkpoint (missing {what})")
     return state
+
+
+def _load_error_reason(exc: Exception) -> str:
+    """The part of a ``torch.load`` error that says what is wrong, on one line.
+
+    A refused pickle's message is a page of advice about ``weights_only``; the cause is the
+    text after "WeightsUnpickler error:".
+    """
+    text = ANSI_CODES.sub("", str(exc))
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def check_state_dict_fits(model: torch.nn.Module, state_dict: dict, source: str) -> None:
@@ -82,7 +100,7 @@ def check_state_dict_fits(model: torch.nn.Module, state_dict: dict, source: str)
         if isinstance(state_dict.get(k), torch.Tensor) and state_dict[k].shape != v.shape
     ]
     problems = [
-        f"{len(found)} {what}: {_few(found)}"
+        f"{len(found)} {what}: {first_few(found)}"
         for found, what in (
             (not_tensors, "not tensors"),
             (missing, "missing"),
@@ -96,8 +114,3 @@ def check_state_dict_fits(model: torch.nn.Module, state_dict: dict, source: str)
             f"{source}: its weights do not fit the model {type(model).__name__} "
             f"({'; '.join(problems)})"
         )
-
-
-def _few(names: list[str], n: int = 3) -> str:
-    more = f" and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more

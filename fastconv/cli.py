@@ -16,17 +16,20 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "BACKEND_CHOICES",
     "EXIT_USAGE",
     "CLIError",
     "Parser",
+    "backend_source",
     "exit_on_cli_error",
+    "first_few",
     "float_above",
     "float_at_least",
     "int_at_least",
@@ -34,6 +37,8 @@ __all__ = [
     "resolve_device",
 ]
 
+# fastconv.backend.BACKENDS, spelled out because fastconv.backend imports torch (a test checks).
+BACKEND_CHOICES = ("auto", "triton", "torch")
 EXIT_USAGE = 2  # argparse's status for a bad command line; also ours for any user error
 
 
@@ -144,6 +149,23 @@ def resolve_backend_choice(flag_value: str | None, device: torch.device) -> tupl
             source = "--backend" if flag_value is not None else backend.ENV_VAR
             raise CLIError(f"{source}={requested}: {exc}") from None
     return requested, resolved
+
+
+def backend_source(flag_value: str | None) -> str:
+    """Where the requested backend came from, for the start-up line: the flag, the variable or
+    the default."""
+    import os
+
+    if flag_value is not None:
+        return f"--backend {flag_value}"
+    value = os.environ.get("FASTCONV_BACKEND")
+    return f"$FASTCONV_BACKEND={value}" if value is not None else "the default"
+
+
+def first_few(names: Sequence[str], n: int = 3) -> str:
+    """``a, b, c and 4 more``: a list short enough for a one-line message."""
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
 
 
 def exit_on_cli_error(main: Callable[[], int]) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,9 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from fastconv.cli import (
+    BACKEND_CHOICES,
     CLIError,
     Parser,
+    backend_source,
     exit_on_cli_error,
+    first_few,
     int_at_least,
     resolve_backend_choice,
     resolve_device,
@@ -39,9 +41,6 @@ __all__ = ["Prediction", "build_parser", "load_model", "main", "predict_dog_prob
 
 CLIP = (0.005, 0.995)  # bounds the log loss of a confident mistake
 DEFAULT_OUT = "submission.csv"
-# fastconv.backend.BACKENDS, spelled out here because importing fastconv.backend imports torch.
-BACKEND_CHOICES = ("auto", "triton", "torch")
-ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")  # torch's load errors carry terminal colour codes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,11 +205,6 @@ def load_model(
     return model.to(device, memory_format=memory_format).eval()
 
 
-def _few(names: Sequence[str], n: int = 3) -> str:
-    more = f" and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
-
-
 def read_checkpoint(path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model on ``device`` and the checkpoint at ``--checkpoint``.
 
@@ -225,7 +219,7 @@ def read_checkpoint(path: str, device: torch.device) -> tuple[torch.nn.Module, d
         checkpoint = load_checkpoint(path)
         model = load_model(checkpoint, torch.device("cpu"), source=path)
     except CheckpointError as exc:
-        raise CLIError(f"--checkpoint {ANSI_CODES.sub('', str(exc))}") from None
+        raise CLIError(f"--checkpoint {exc}") from None
     except Exception as exc:  # a foreign file that slips past load_checkpoint's checks
         raise CLIError(
             f"--checkpoint {path} is not a usable fastconv.train checkpoint "
@@ -307,13 +301,6 @@ def write_submission(rows: list[tuple[int | str, float]], out: Path) -> None:
             writer.writerow([image_id, f"{min(max(p, CLIP[0]), CLIP[1]):.6f}"])
 
 
-def _backend_source(flag: str | None) -> str:
-    if flag is not None:
-        return f"--backend {flag}"
-    value = os.environ.get("FASTCONV_BACKEND")
-    return f"FASTCONV_BACKEND={value}" if value else "default auto"
-
-
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     requested, resolved = resolve_backend_choice(args.backend, device)
@@ -321,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = collect_inputs(args.paths)
     out = check_out(args.out, inputs)
     print(
-        f"device: {device}; fastconv backend: {resolved} ({_backend_source(args.backend)})",
+        f"device: {device}; fastconv backend: {resolved} "
+        f"(requested {requested}, from {backend_source(args.backend)})",
         file=sys.stderr,
     )
 
@@ -370,13 +358,15 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s)", file=sys.stderr)
     if len(skipped) == len(inputs):
-        raise CLIError(f"no readable image in {_few(args.paths)} ({len(skipped)} file(s) skipped)")
+        raise CLIError(
+            f"no readable image in {first_few(args.paths)} ({len(skipped)} file(s) skipped)"
+        )
     if out is not None:
         folders = list(dict.fromkeys(e.folder for e in inputs if e.folder is not None))
         read = {inputs[i].folder for i in row_indices}
         unread = [str(f) for f in folders if f not in read]
         if not rows:
-            raise CLIError(f"no readable image in {_few(unread)}; {out} not written")
+            raise CLIError(f"no readable image in {first_few(unread)}; {out} not written")
         for folder in unread:
             warn(f"no readable image in {folder}")
         try:

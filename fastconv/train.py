@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from fastconv.cli import (
+    BACKEND_CHOICES,
     CLIError,
     Parser,
     exit_on_cli_error,
@@ -42,7 +43,6 @@ __all__ = [
 ]
 
 AMP_CHOICES = ("off", "fp16", "bf16")
-BACKEND_CHOICES = ("auto", "triton", "torch")  # as fastconv.backend.BACKENDS (which imports torch)
 # Flags a resumed run may set anew: they change where and how fast it runs, or (--epochs) its
 # length, never what a step computes. Every other flag comes from the checkpoint; given again
 # on --resume it must repeat the checkpoint's value.

@@ -55,7 +55,7 @@ from fastconv.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from fastconv.cli import CLIError, resolve_backend_choice, resolve_device
+from fastconv.cli import CLIError, backend_source, resolve_backend_choice, resolve_device
 from fastconv.data import (
     CLASS_NAMES,
     CachedImages,
@@ -693,14 +693,6 @@ class LastCheckpoint:
 # --------------------------------------------------------------------------- run
 
 
-def _backend_source(args: argparse.Namespace, given: set[str]) -> str:
-    if "backend" in given:
-        return "--backend"
-    if backend.ENV_VAR in os.environ:
-        return f"${backend.ENV_VAR}"
-    return "default"
-
-
 def run(args: argparse.Namespace, given: set[str]) -> int:
     """Train as ``args`` say (``given``: the flags the command line gave); the exit status."""
     proc = start_process(args.device)
@@ -722,7 +714,7 @@ def run(args: argparse.Namespace, given: set[str]) -> int:
 
 def _run(args: argparse.Namespace, given: set[str], proc: Process) -> int:
     requested, resolved = resolve_backend_choice(args.backend, proc.device)
-    source = _backend_source(args, given)
+    source = backend_source(args.backend)
     resumed = None
     if args.resume is not None:
         resumed = load_resume_checkpoint(args.resume)

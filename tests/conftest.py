@@ -94,3 +94,20 @@ def record_aten_ops() -> contextlib.AbstractContextManager[AtenOpRecorder]:
     not wrap compiled code in it (tests/test_layers.py uses the profiler there).
     """
     return AtenOpRecorder
+
+
+def assert_model_matches_float64(model, reference, x, y, grad_out, reference_name=None) -> None:
+    """``y = model(x)`` (float32, backward already run with ``grad_out``) against ``reference``
+    run here in float64: the output, the input gradient and every parameter gradient.
+
+    ``reference_name`` maps a parameter name of ``model`` to the reference's (default: same).
+    """
+    x_ref = x.detach().double().requires_grad_()
+    y_ref = reference(x_ref)
+    y_ref.backward(grad_out.double())
+    torch.testing.assert_close(y, y_ref.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x.grad, x_ref.grad.float(), atol=1e-4, rtol=1e-4)
+    reference_params = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        expected = reference_params[reference_name(name) if reference_name else name].grad
+        torch.testing.assert_close(param.grad, expected.float(), atol=1e-4, rtol=1e-4, msg=name)

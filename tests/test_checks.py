@@ -30,21 +30,9 @@ def ieee_fp32(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
-def conv_inputs(shape: ConvShape, dtype: torch.dtype):
-    """((x, w, b), grad_y) drawn as the conv benchmark draws them (unit-variance output)."""
-    torch.manual_seed(0)
-    p, q = shape.output_hw
-    fan_in = shape.c * shape.r * shape.s
-    x = torch.randn(shape.n, shape.c, shape.h, shape.w, device=DEVICE)
-    w = torch.randn(shape.k, shape.c, shape.r, shape.s, device=DEVICE) / fan_in**0.5
-    b = 0.5 * torch.randn(shape.k, device=DEVICE)
-    grad_y = torch.randn(shape.n, shape.k, p, q, device=DEVICE)
-    inputs = tuple(t.to(dtype).requires_grad_() for t in (x, w, b))
-    return inputs, grad_y.to(dtype)
-
-
 def run_conv_check(provider: str, dtype: torch.dtype, with_backward: bool) -> None:
-    inputs, grad_y = conv_inputs(CONV_SHAPE, dtype)
+    torch.manual_seed(0)
+    inputs, grad_y = CONV_SHAPE.random_inputs(dtype, DEVICE)  # as the benchmark draws them
     with provider_backend(provider):
         op = conv_op(provider, CONV_SHAPE)
         checks.check_conv(op, inputs, grad_y, CONV_SHAPE, with_backward=with_backward)

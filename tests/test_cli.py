@@ -185,6 +185,7 @@ def bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
         "list": (folder / "list.pt", "is not a fastconv.train checkpoint (holds a"),
         "state_dict": (folder / "state_dict.pt", "missing keys ['model', 'args', 'class_names']"),
         "no args": (folder / "no_args.pt", "missing training arguments ['img_size'"),
+        "args not a dict": (folder / "args_int.pt", "missing keys ['args']"),
     }
     (folder / "empty.pt").write_bytes(b"")
     (folder / "truncated.pt").write_bytes(good[: len(good) // 2])
@@ -195,6 +196,7 @@ def bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
     torch.save([1, 2], folder / "list.pt")
     torch.save(nn.Linear(2, 2).state_dict(), folder / "state_dict.pt")
     torch.save(dict(good_state(), args={"model": "catdog"}), folder / "no_args.pt")
+    torch.save(dict(good_state(), args=5), folder / "args_int.pt")
     return files
 
 
@@ -202,7 +204,7 @@ def bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
     "kind",
     [
         "missing", "folder", "empty", "truncated", "random", "text", "pickled object", "list",
-        "state_dict", "no args",
+        "state_dict", "no args", "args not a dict",
     ],
 )  # fmt: skip
 def test_unusable_checkpoint_is_one_line_naming_the_file(kind, tmp_path):
@@ -246,3 +248,24 @@ def test_state_dict_that_does_not_fit_is_one_line(change, says):
     message = str(info.value)
     assert message.startswith("run/last.pt: its weights do not fit the model Linear")
     assert says in message and "\n" not in message
+
+
+def test_backend_choices_are_the_backend_modules():
+    # spelled out in cli.py so that --help need not import torch through fastconv.backend
+    assert cli.BACKEND_CHOICES == backend.BACKENDS
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "expected"),
+    [
+        ("triton", "torch", "--backend triton"),
+        (None, "torch", "$FASTCONV_BACKEND=torch"),
+        (None, None, "the default"),
+    ],
+)
+def test_backend_source_names_what_decided(flag, env, expected, monkeypatch):
+    if env is None:
+        monkeypatch.delenv("FASTCONV_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("FASTCONV_BACKEND", env)
+    assert cli.backend_source(flag) == expected

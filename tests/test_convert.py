@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 import torchvision
+from conftest import assert_model_matches_float64
 from torch import nn
 
 from fastconv import layers
@@ -142,21 +143,13 @@ def test_convert_hand_made_model_matches_original(device, triton_backend, no_tf3
     reference = copy.deepcopy(model).double()
     converted, _ = layers.convert(model)
     x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
-    x_ref = x.detach().double().requires_grad_()
     grad_out = torch.randn(2, 4, device=device)
 
     with record_aten_ops() as recorder:
         y = converted(x)
         y.backward(grad_out)
     assert _conv_and_pool_ops(recorder) == ["convolution"] * 3 + ["convolution_backward"] * 3
-    y_ref = reference(x_ref)
-    y_ref.backward(grad_out.double())
-    torch.testing.assert_close(y, y_ref.float(), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(x.grad, x_ref.grad.float(), atol=1e-4, rtol=1e-4)
-    reference_params = dict(reference.named_parameters())
-    for name, param in converted.named_parameters():
-        expected = reference_params[name].grad.float()
-        torch.testing.assert_close(param.grad, expected, atol=1e-4, rtol=1e-4, msg=name)
+    assert_model_matches_float64(converted, reference, x, y, grad_out)
 
 
 def test_convert_leaves_original_unchanged():

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from conftest import FORBIDDEN_OP_FRAGMENTS
+from conftest import FORBIDDEN_OP_FRAGMENTS, assert_model_matches_float64
 from torch import nn
 
 from fastconv import layers
@@ -152,20 +152,6 @@ def _torch_twin(fastconv_model: nn.Sequential) -> nn.Sequential:
     return twin
 
 
-def _assert_matches_torch_twin(fastconv_model, twin, x, y, grad_out) -> None:
-    """``y = fastconv_model(x)`` (float32, backward done with ``grad_out``) vs the torch.nn
-    ``twin`` run here in float64: output, input gradient and every parameter gradient."""
-    x_ref = x.detach().double().requires_grad_()
-    y_ref = twin(x_ref)
-    y_ref.backward(grad_out.double())
-    torch.testing.assert_close(y, y_ref.float(), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(x.grad, x_ref.grad.float(), atol=1e-4, rtol=1e-4)
-    reference_params = dict(twin.named_parameters())
-    for name, param in fastconv_model.named_parameters():
-        expected = reference_params[_torch_keys(name)].grad.float()
-        torch.testing.assert_close(param.grad, expected, atol=1e-4, rtol=1e-4, msg=name)
-
-
 def test_vgg_style_model_matches_torch(device, triton_backend, record_aten_ops, monkeypatch):
     """Output and every gradient of the fastconv model (Triton, float32) vs torch (float64)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full fp32 on a GPU too
@@ -179,7 +165,7 @@ def test_vgg_style_model_matches_torch(device, triton_backend, record_aten_ops, 
         y = fastconv_model(x)
         y.backward(grad_out)
     assert recorder.forbidden() == []
-    _assert_matches_torch_twin(fastconv_model, twin, x, y, grad_out)
+    assert_model_matches_float64(fastconv_model, twin, x, y, grad_out, _torch_keys)
 
 
 def _counting_aot_eager(graphs: list):
@@ -254,7 +240,7 @@ def test_torch_compile_of_fastconv_model_matches_torch_nn(backend_name, device, 
     else:
         assert len(graphs) == 1
         assert ops.forbidden(), "the profiler saw no conv: it cannot vouch for the Triton case"
-    _assert_matches_torch_twin(fastconv_model, twin, x, y, grad_out)
+    assert_model_matches_float64(fastconv_model, twin, x, y, grad_out, _torch_keys)
 
 
 # --------------------------------------------------------------------------- from_torch

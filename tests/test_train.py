@@ -686,10 +686,10 @@ def test_resume_on_other_images_exits_2(reference_run, tmp_path, capsys):
     ("env", "flags", "requested", "resolved", "source"),
     [
         # Under pytest TRITON_INTERPRET=1, so auto would pick triton: the variable must decide.
-        ("torch", [], "torch", "torch", "$FASTCONV_BACKEND"),
-        ("triton", [], "triton", "triton", "$FASTCONV_BACKEND"),
-        ("triton", ["--backend=torch"], "torch", "torch", "--backend"),
-        ("torch", ["--backend=auto"], "auto", "triton", "--backend"),
+        ("torch", [], "torch", "torch", "$FASTCONV_BACKEND=torch"),
+        ("triton", [], "triton", "triton", "$FASTCONV_BACKEND=triton"),
+        ("triton", ["--backend=torch"], "torch", "torch", "--backend torch"),
+        ("torch", ["--backend=auto"], "auto", "triton", "--backend auto"),
     ],
 )
 def test_backend_variable_is_honoured_and_the_backend_that_runs_is_printed_and_stored(

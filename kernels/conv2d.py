@@ -14,12 +14,15 @@ without a copy), accumulating in fp32 and casting on store:
   N*P*Q split across programs (split-K) into an fp32 workspace summed afterwards, which
   keeps the result deterministic.
 
-When the ReLU was fused, the backward kernels mask ``grad_y`` with ``y > 0`` as they load
-it, from the saved forward output: no masked-gradient tensor is materialized.
+When the ReLU was fused, the backward kernels zero ``grad_y`` where ``y <= 0`` as they load
+it, from the saved forward output: no masked-gradient tensor is materialized. NaN follows
+torch: ``relu(NaN) = NaN`` and the gradient passes where ``y`` is NaN (threshold_backward).
 
 fp32 inputs use tf32 tensor cores exactly when ``torch.backends.cudnn.allow_tf32`` is on
-(as cuDNN does) and IEEE fp32 otherwise. Batch offsets are computed in int64, so tensors
-past 2**31 elements are addressed correctly.
+(as cuDNN does) and IEEE fp32 otherwise. Batch offsets are always int64; when a pixel count
+or a tensor's element span can pass 2**31 (:func:`needs_int64`), the launchers set
+``INDEX_64`` and every pixel and channel index is int64 too (int32 otherwise: fewer
+registers). Every grid axis stays within CUDA's limits (x < 2**31, y and z <= 65,535).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "conv2d_bwd_weight",
     "conv2d_fwd",
     "dgrad_configs",
+    "needs_int64",
     "fwd_configs",
     "wgrad_configs",
     "wgrad_partition",
@@ -69,40 +73,57 @@ _INTERPRETER_CONFIGS = [_config(64, 16, 16, 1, 1)]
 _IEEE_BLOCK_K = 16
 
 
-def _configs(tiles: list[tuple[int, int, int, int, int]], ieee: bool) -> list[triton.Config]:
-    if TRITON_INTERPRETER:
+# The flattened tap x channel-chunk loops below (``tap = step // c_chunks; r = tap // S``)
+# are the loop shape of the Inductor convolution that 8 warps miscompile (pytorch issue
+# 173068; Inductor caps those templates at 4 warps): every config here uses 4 warps at most
+# (tests/test_autotune_configs.py checks it, docs/decisions.md says why).
+MAX_NUM_WARPS = 4
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps) per kernel.
+# 4 warps leave each thread twice the tile of 8: the old 128x64 and 64x128 tiles spilled
+# (up to 344 bytes of stack, compile gate), so the big tiles are 64x64 now.
+FWD_TILES = [  # output pixels, output channels, input channels
+    (64, 64, 16, 3, 4),
+    (64, 32, 32, 4, 4),  # small layers
+    (32, 64, 32, 4, 4),  # few pixels, many output channels (deep layers)
+]
+DGRAD_TILES = [  # input pixels, input channels, output channels
+    (64, 64, 16, 3, 4),
+    (64, 32, 16, 4, 4),
+    (32, 64, 16, 4, 4),
+]
+WGRAD_TILES = [  # output channels, C*R*S, output pixels
+    (64, 64, 16, 3, 4),
+    (64, 32, 32, 4, 4),  # few output channels
+    (32, 64, 16, 4, 4),
+]
+
+
+def _configs(
+    tiles: list[tuple[int, int, int, int, int]], ieee: bool, interpreter: bool
+) -> list[triton.Config]:
+    if interpreter:
         return _INTERPRETER_CONFIGS
     return [_config(m, n, min(k, _IEEE_BLOCK_K) if ieee else k, s, w) for m, n, k, s, w in tiles]
 
 
-def fwd_configs(ieee: bool = False) -> list[triton.Config]:
-    """Forward tiles (output pixels, output channels, input channels, stages, warps)."""
-    tiles = [
-        (128, 64, 32, 3, 8),  # many pixels (early layers)
-        (64, 128, 32, 3, 8),  # many output channels (deep layers)
-        (64, 32, 32, 4, 4),  # small layers
-    ]
-    return _configs(tiles, ieee)
+def fwd_configs(ieee: bool = False, interpreter: bool = TRITON_INTERPRETER) -> list[triton.Config]:
+    """Forward configs; ``interpreter=False`` gives the GPU list even under the interpreter."""
+    return _configs(FWD_TILES, ieee, interpreter)
 
 
-def dgrad_configs(ieee: bool = False) -> list[triton.Config]:
-    """dgrad tiles (input pixels, input channels, output channels, stages, warps)."""
-    tiles = [
-        (64, 128, 32, 3, 8),
-        (128, 64, 16, 3, 8),  # BLOCK_K 16: tf32 spills registers at 32
-        (64, 64, 16, 3, 4),
-    ]
-    return _configs(tiles, ieee)
+def dgrad_configs(
+    ieee: bool = False, interpreter: bool = TRITON_INTERPRETER
+) -> list[triton.Config]:
+    """dgrad configs; ``interpreter=False`` gives the GPU list even under the interpreter."""
+    return _configs(DGRAD_TILES, ieee, interpreter)
 
 
-def wgrad_configs(ieee: bool = False) -> list[triton.Config]:
-    """wgrad tiles (output channels, C*R*S, output pixels, stages, warps)."""
-    tiles = [
-        (128, 64, 32, 3, 8),
-        (64, 128, 32, 3, 8),
-        (64, 32, 32, 4, 4),  # few output channels
-    ]
-    return _configs(tiles, ieee)
+def wgrad_configs(
+    ieee: bool = False, interpreter: bool = TRITON_INTERPRETER
+) -> list[triton.Config]:
+    """wgrad configs; ``interpreter=False`` gives the GPU list even under the interpreter."""
+    return _configs(WGRAD_TILES, ieee, interpreter)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -151,6 +172,7 @@ def _conv2d_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    INDEX_64: tl.constexpr = False,
 ):
     """y (N, K, P, Q) = relu?(conv2d(x (N, C, H, W), w (K, C, R, S)) + b (K,)).
 
@@ -159,14 +181,19 @@ def _conv2d_fwd_kernel(
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    if INDEX_64:  # N*P*Q or an offset within one sample can pass 2**31: pixel math in i64
+        pid_m = pid_m.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixel (n, p, q), flattened
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel k
     offs_k = tl.arange(0, BLOCK_K)  # input channel c within a chunk
-    mask_m = offs_m < N * P * Q
-    mask_n = offs_n < K
+    if INDEX_64:  # channel * channel-stride can pass 2**31 within one sample too
+        offs_n = offs_n.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
     q = offs_m % Q
     p = (offs_m // Q) % P
     n = (offs_m // Q // P).to(tl.int64)
+    mask_m = n < N  # offs_m < N*P*Q without forming the product, which can pass 2**31
+    mask_n = offs_n < K
     x_base = x_ptr + n * stride_xn
     h0 = p * stride_h - pad_h
     w0 = q * stride_w - pad_w
@@ -199,8 +226,8 @@ def _conv2d_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
         acc += bias.to(tl.float32)[None, :]
-    if APPLY_RELU:
-        acc = tl.maximum(acc, 0.0)
+    if APPLY_RELU:  # torch's relu keeps NaN; tl.maximum compiles to a NaN-dropping max.f32
+        acc = tl.where(acc < 0.0, 0.0, acc)
     y_offs = n * stride_yn + p * stride_yp + q * stride_yq
     y_ptrs = y_ptr + y_offs[:, None] + offs_n[None, :] * stride_yk
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -252,32 +279,42 @@ def _conv2d_bwd_input_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    INDEX_64: tl.constexpr = False,
 ):
     """grad_x (N, C, H, W) from grad_y (N, K, P, Q) and w (K, C, R, S).
 
     grad_x[n, c, h, w] = sum_{k, r, s} g[n, k, p, q] * w[k, c, r, s] over the taps with
     h = p*stride_h - pad_h + r*dil_h (likewise w, q) and 0 <= p < P, 0 <= q < Q, where
-    g = grad_y * (y > 0) if RELU_MASK else grad_y. Grid: (cdiv(N*cdiv(H, stride_h)*
-    cdiv(W, stride_w), BLOCK_M), cdiv(C, BLOCK_N), stride_h*stride_w): axis 2 is the stride
-    phase (h mod stride_h, w mod stride_w) shared by the tile's pixels, so a tap r either
-    divides (h + pad_h - r*dil_h) by stride_h for the whole tile or for none of it.
+    g = grad_y * !(y <= 0) if RELU_MASK else grad_y. Grid: (cdiv(N*cdiv(H, stride_h)*
+    cdiv(W, stride_w), BLOCK_M) * stride_h*stride_w, cdiv(C, BLOCK_N)): axis 0 is (pixel
+    tile, stride phase (h mod stride_h, w mod stride_w)), the phase shared by the tile's
+    pixels, so a tap r either divides (h + pad_h - r*dil_h) by stride_h for the whole tile or
+    for none of it.
     """
-    pid_m = tl.program_id(0)
+    # Axis 0 holds (pixel tile, phase) with the phase fastest: stride_h*stride_w can pass
+    # the 65,535 limit of grid axes 1 and 2. With stride 1 both divisions fold away.
+    pid = tl.program_id(0)
     pid_n = tl.program_id(1)
-    phase = tl.program_id(2)
+    phase = pid % (stride_h * stride_w)
+    pid_m = pid // (stride_h * stride_w)
     phase_h = phase // stride_w
     phase_w = phase % stride_w
     H_phase = tl.cdiv(H, stride_h)  # pixels per phase row (an upper bound, masked below)
     W_phase = tl.cdiv(W, stride_w)
+    if INDEX_64:  # N*H*W or an offset within one sample can pass 2**31: pixel math in i64
+        pid_m = pid_m.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixel of this phase, flattened
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel c
     offs_k = tl.arange(0, BLOCK_K)  # output channel k within a chunk
+    if INDEX_64:  # channel * channel-stride can pass 2**31 within one sample too
+        offs_n = offs_n.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
     j = offs_m % W_phase
     i = (offs_m // W_phase) % H_phase
     n = (offs_m // W_phase // H_phase).to(tl.int64)
     h = phase_h + i * stride_h
     w = phase_w + j * stride_w
-    mask_m = (offs_m < N * H_phase * W_phase) & (h < H) & (w < W)
+    mask_m = (n < N) & (h < H) & (w < W)  # n < N: offs_m < N*H_phase*W_phase, no product
     mask_n = offs_n < C
     dy_base = dy_ptr + n * stride_dyn
     y_base = y_ptr + n * stride_yn
@@ -316,7 +353,7 @@ def _conv2d_bwd_input_kernel(
                     mask=mask_g,
                     other=0.0,
                 )
-                g = tl.where(y > 0, g, 0.0)
+                g = tl.where(y <= 0, 0.0, g)  # as torch's threshold_backward: y = NaN passes g
             w_offs = r * stride_wr + s * stride_ws + k[:, None] * stride_wk
             w_tile = tl.load(
                 w_ptr + w_offs + offs_n[None, :] * stride_wc,
@@ -375,12 +412,13 @@ def _conv2d_bwd_weight_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    INDEX_64: tl.constexpr = False,
 ):
     """Partial grad_w (SPLIT, K, C*R*S) and grad_b (SPLIT, K) in fp32 over a slice of N*P*Q.
 
     grad_w[k, c, r, s] = sum_{n, p, q} g[n, k, p, q] * x[n, c, p*stride_h - pad_h + r*dil_h,
     q*stride_w - pad_w + s*dil_w] and grad_b[k] = sum_{n, p, q} g[n, k, p, q], with
-    g = grad_y * (y > 0) if RELU_MASK else grad_y (grad_y, y: (N, K, P, Q); x: (N, C, H, W)).
+    g = grad_y * !(y <= 0) if RELU_MASK else grad_y (grad_y, y: (N, K, P, Q); x: (N, C, H, W)).
     Program z of grid axis 2 reduces rows [z*rows_per_split, (z+1)*rows_per_split) of the
     N*P*Q pixels; the caller sums the SPLIT partial results. Grid: (cdiv(K, BLOCK_M),
     cdiv(C*R*S, BLOCK_N), SPLIT). grad_b is written by the programs with pid_n == 0.
@@ -392,13 +430,22 @@ def _conv2d_bwd_weight_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel k
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (c, r, s), flattened
     offs_k = tl.arange(0, BLOCK_K)  # output pixel (n, p, q) within a chunk
+    if INDEX_64:  # channel * channel-stride can pass 2**31 within one sample too
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)  # rows = row0 + offs_k in int64 whatever row0's type
     mask_m = offs_m < K
     mask_n = offs_n < CRS
     s = offs_n % S
     r = (offs_n // S) % R
     c = offs_n // (R * S)
+    if INDEX_64:  # N*P*Q or an offset within one sample can pass 2**31: pixel math in i64
+        pid_z = pid_z.to(tl.int64)
+        rows_total = tl.cast(N, tl.int64) * P * Q
+    else:
+        rows_total = N * P * Q
     row_start = pid_z * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, N * P * Q)
+    row_end = tl.minimum(row_start + rows_per_split, rows_total)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     bias_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -417,7 +464,7 @@ def _conv2d_bwd_weight_kernel(
             y = tl.load(
                 y_ptr + offs_m[:, None] * stride_yk + y_pix[None, :], mask=mask_g, other=0.0
             )
-            g = tl.where(y > 0, g, 0.0)
+            g = tl.where(y <= 0, 0.0, g)  # as torch's threshold_backward: y = NaN passes g
         # x tile (BLOCK_K pixels, BLOCK_N taps)
         h = (p * stride_h - pad_h)[:, None] + (r * dil_h)[None, :]
         w = (q * stride_w - pad_w)[:, None] + (s * dil_w)[None, :]
@@ -456,6 +503,50 @@ _conv2d_wgrad_tuned_ieee = triton.autotune(wgrad_configs(ieee=True), _WGRAD_KEY)
 # --------------------------------------------------------------------------- launchers
 
 
+# Hardware grid limits (CUDA): axis 0 below 2**31, axes 1 and 2 at most 65,535.
+MAX_GRID = (2**31 - 1, 65_535, 65_535)
+
+
+def _checked_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """``grid``, or a ValueError naming the axis that passes its hardware limit."""
+    for axis, (size, limit) in enumerate(zip(grid, MAX_GRID, strict=False)):
+        if size > limit:
+            raise ValueError(
+                f"{what}: grid axis {axis} needs {size} programs, past the limit of {limit}"
+            )
+    return grid
+
+
+def _tensor_span(t: Tensor) -> int:
+    """One past the largest element offset into ``t`` (0 for an empty tensor)."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride(), strict=True))
+
+
+def needs_int64(pixels: int, *tensors: Tensor) -> bool:
+    """Whether a kernel must do its pixel and offset math in int64 (``INDEX_64``).
+
+    ``pixels`` is the flattened pixel count the kernel walks (N*P*Q, or N*H*W for dgrad).
+    Conservative by a factor of two: a tile or split-K slice past the end (a masked lane, or
+    ``row_start + rows_per_split``) stays below 2**31 too, so a masked lane cannot wrap round
+    to a negative index that its mask would accept.
+    """
+    largest = max([pixels, *(_tensor_span(t) for t in tensors)])
+    return 2 * largest + 4096 >= 2**31
+
+
+def _launch(tuned, kernel, config: triton.Config | None, grid, args, meta) -> None:
+    """Launch through the autotuner, or with exactly ``config`` (tests run every config)."""
+    if config is None:
+        tuned[grid](*args, **meta)
+    else:
+        kernel[grid](
+            *args, **meta, **config.kwargs,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
+
+
 def _input_precision(dtype: torch.dtype) -> str:
     """tf32 for fp32 exactly when cuDNN may use it; fp16/bf16 dots are unaffected."""
     if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
@@ -484,11 +575,13 @@ def conv2d_fwd(
     dilation: Pair,
     output_size: Pair,
     apply_relu: bool,
+    config: triton.Config | None = None,
 ) -> Tensor:
     """``relu?(conv2d(x, weight) + bias)``: x (N, C, H, W), weight (K, C, R, S) -> (N, K, P, Q).
 
     ``padding`` is the top/left padding; ``output_size`` (P, Q) implies the bottom/right one.
-    The output has x's dtype and memory format (NCHW or channels_last).
+    The output has x's dtype and memory format (NCHW or channels_last). ``config`` runs that
+    autotune config instead of the autotuner's choice.
     """
     n, c, h, w = x.shape
     k, _, r, s = weight.shape
@@ -499,17 +592,21 @@ def conv2d_fwd(
     b = weight if bias is None else bias  # placeholder pointer, never read without HAS_BIAS
 
     def grid(meta):
-        return triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"])
+        grid = triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"])
+        return _checked_grid(grid, "conv2d forward")
 
     precision = _input_precision(x.dtype)
     tuned = _conv2d_fwd_tuned_ieee if precision == "ieee" else _conv2d_fwd_tuned
-    tuned[grid](
+    args = (
         x, weight, b, y,
         n, c, h, w, k, p, q, *stride, *padding, *dilation,
         *x.stride(), *weight.stride(), *y.stride(),
-        R=r, S=s, HAS_BIAS=bias is not None, APPLY_RELU=apply_relu,
-        INPUT_PRECISION=precision,
     )  # fmt: skip
+    meta = dict(
+        R=r, S=s, HAS_BIAS=bias is not None, APPLY_RELU=apply_relu,
+        INPUT_PRECISION=precision, INDEX_64=needs_int64(n * p * q, x, weight, y),
+    )  # fmt: skip
+    _launch(tuned, _conv2d_fwd_kernel, config, grid, args, meta)
     return y
 
 
@@ -521,11 +618,12 @@ def conv2d_bwd_input(
     stride: Pair,
     padding: Pair,
     dilation: Pair,
+    config: triton.Config | None = None,
 ) -> Tensor:
     """grad_x (N, C, H, W) of the conv from grad_y (N, K, P, Q) and weight (K, C, R, S).
 
-    ``relu_output`` is the forward output y when the ReLU was fused (grad_y is masked by
-    y > 0 inside the kernel), else None. grad_x takes grad_y's memory format.
+    ``relu_output`` is the forward output y when the ReLU was fused (grad_y is zeroed where
+    y <= 0 inside the kernel), else None. grad_x takes grad_y's memory format.
     """
     n, c, h, w = input_shape
     k, _, r, s = weight.shape
@@ -539,21 +637,24 @@ def conv2d_bwd_input(
     pixels_per_phase = n * triton.cdiv(h, stride[0]) * triton.cdiv(w, stride[1])
 
     def grid(meta):
-        return (
-            triton.cdiv(pixels_per_phase, meta["BLOCK_M"]),
+        grid = (
+            triton.cdiv(pixels_per_phase, meta["BLOCK_M"]) * stride[0] * stride[1],
             triton.cdiv(c, meta["BLOCK_N"]),
-            stride[0] * stride[1],
         )
+        return _checked_grid(grid, "conv2d input gradient")
 
     precision = _input_precision(grad_y.dtype)
     tuned = _conv2d_dgrad_tuned_ieee if precision == "ieee" else _conv2d_dgrad_tuned
-    tuned[grid](
+    args = (
         grad_y, weight, y, grad_x,
         n, c, h, w, k, p, q, *stride, *padding, *dilation,
         *grad_y.stride(), *weight.stride(), *y.stride(), *grad_x.stride(),
-        R=r, S=s, RELU_MASK=relu_output is not None,
-        INPUT_PRECISION=precision,
     )  # fmt: skip
+    meta = dict(
+        R=r, S=s, RELU_MASK=relu_output is not None, INPUT_PRECISION=precision,
+        INDEX_64=needs_int64(pixels_per_phase, grad_y, weight, y, grad_x),
+    )  # fmt: skip
+    _launch(tuned, _conv2d_bwd_input_kernel, config, grid, args, meta)
     return grad_x
 
 
@@ -563,7 +664,7 @@ def wgrad_split(rows: int, weight_numel: int) -> int:
     by_rows = triton.cdiv(rows, WGRAD_ROWS_PER_SPLIT)
     by_workspace = WGRAD_MAX_WORKSPACE // weight_numel
     by_programs = WGRAD_TARGET_PROGRAMS * WGRAD_NOMINAL_TILE // weight_numel
-    return max(1, min(by_rows, by_workspace, by_programs))
+    return max(1, min(by_rows, by_workspace, by_programs, MAX_GRID[2]))
 
 
 def wgrad_partition(rows: int, weight_numel: int, split: int | None = None) -> tuple[int, int]:
@@ -579,7 +680,8 @@ def wgrad_partition(rows: int, weight_numel: int, split: int | None = None) -> t
         split = wgrad_split(rows, weight_numel)
     elif split < 1:
         raise ValueError(f"split must be at least 1, got split={split}")
-    rows_per_split = triton.cdiv(rows, min(split, rows))
+    # The split is grid axis 2: at most 65,535 programs, whatever was asked for.
+    rows_per_split = triton.cdiv(rows, min(split, rows, MAX_GRID[2]))
     return rows_per_split, triton.cdiv(rows, rows_per_split)
 
 
@@ -593,12 +695,14 @@ def conv2d_bwd_weight(
     dilation: Pair,
     need_bias_grad: bool,
     split: int | None = None,
+    config: triton.Config | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """(grad_w (K, C, R, S), grad_b (K,) or None) from grad_y (N, K, P, Q) and x (N, C, H, W).
 
     ``relu_output`` is the forward output y when the ReLU was fused, else None. The N*P*Q
     reduction is split across programs into an fp32 workspace, then summed and cast to x's
-    dtype; ``split`` overrides the number of programs (see :func:`wgrad_partition`).
+    dtype; ``split`` overrides the number of programs (see :func:`wgrad_partition`) and
+    ``config`` the autotuner's choice of config.
     """
     n, c, h, w = x.shape
     k, _, r, s = weight_shape
@@ -620,17 +724,21 @@ def conv2d_bwd_weight(
     y = _relu_output_or_placeholder(relu_output, grad_y)
 
     def grid(meta):
-        return triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(crs, meta["BLOCK_N"]), split
+        grid = triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(crs, meta["BLOCK_N"]), split
+        return _checked_grid(grid, "conv2d weight gradient")
 
     precision = _input_precision(x.dtype)
     tuned = _conv2d_wgrad_tuned_ieee if precision == "ieee" else _conv2d_wgrad_tuned
-    tuned[grid](
+    args = (
         grad_y, x, y, grad_w_parts, grad_b_parts,
         n, c, h, w, k, p, q, *stride, *padding, *dilation, rows_per_split,
         *grad_y.stride(), *x.stride(), *y.stride(),
-        R=r, S=s, RELU_MASK=relu_output is not None, BIAS_GRAD=need_bias_grad,
-        INPUT_PRECISION=precision,
     )  # fmt: skip
+    meta = dict(
+        R=r, S=s, RELU_MASK=relu_output is not None, BIAS_GRAD=need_bias_grad,
+        INPUT_PRECISION=precision, INDEX_64=needs_int64(rows, grad_y, x, y, grad_w_parts),
+    )  # fmt: skip
+    _launch(tuned, _conv2d_bwd_weight_kernel, config, grid, args, meta)
     grad_w = grad_w_parts.sum(0).view(k, c, r, s).to(x.dtype)
     grad_b = grad_b_parts.sum(0).to(x.dtype) if need_bias_grad else None
     return grad_w, grad_b

@@ -1,298 +1,622 @@
-"""Compile every Triton kernel of fastconv for real GPUs, without a GPU, and report.
+"""Compile every Triton kernel of fastconv exactly as a launch would, without a GPU, and report.
 
 Run as a script with ``TRITON_INTERPRET`` unset (under the interpreter ``@triton.jit``
 returns interpreter objects that cannot be compiled)::
 
-    python tests/compile_gate.py OUT.json
+    python tests/compile_gate.py --cubin-dir DIR REPORT.json [--shapes all|gate] [--targets 90,80]
 
-For every entry of :data:`GATE_KERNELS`, every dtype it lists, every launch config (each
-autotune config, or the entry's fixed one) and every target of :data:`TARGETS`, the kernel
-is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` and
-the cubin is inspected with the ``cuobjdump`` shipped in Triton's wheel: shared memory,
-registers, stack and local memory (spills), and the tensor-core instructions in the SASS.
-``tests/test_compile_gate.py`` runs this in a subprocess and asserts on the report.
+How a signature is derived (issue 11, item 7): the real launchers (``conv2d_fwd``,
+``conv2d_bwd_input``, ``conv2d_bwd_weight`` and the pooling launchers) are called on CPU
+tensors of the benchmark shapes (``benchmarks/shapes.py``), in NCHW and channels_last, for
+fp32 (tf32 and ieee, via ``torch.backends.cudnn.allow_tf32``), fp16 and bf16, with
+``Autotuner.run`` and ``JITFunction.run`` swapped for a recorder: nothing runs, the
+``(kernel, args, kwargs)`` of every launch is kept. Each record is then bound the JIT's own
+way, per target and per autotune config (``config.all_kwargs()`` merged as the autotuner
+does): ``triton.runtime.jit.create_function_from_signature(fn.signature, fn.params,
+backend)`` gives the binder the JIT uses (ints equal to 1 become constexpr, ints divisible
+by 16 and 16-byte-aligned pointers get ``tt.divisibility``), and
+``JITFunction._pack_args`` turns the binding into ``(options, signature, constexprs,
+attrs)``; ``triton.compile(ASTSource(fn, signature, constexprs, attrs),
+target=GPUTarget("cuda", cc, 32), options=options.__dict__)`` is what ``_do_compile`` calls.
+Identical specializations (same kernel, target, signature, constexprs, attrs, options) are
+compiled once; the report lists every benchmark shape that maps to each.
 
-To gate a new kernel, append a :class:`GateKernel` to :data:`GATE_KERNELS`.
+Each cubin is written to DIR and read with the ``cuobjdump`` shipped in Triton's wheel
+(``-res-usage``: registers, stack, local; ``-sass``: the instructions). The main loop is
+located in the SASS as the region between a backward branch and its target (a loop) that
+holds the most tensor-core instructions (HGMMA/HMMA), then the most instructions; what is
+inside it is counted separately (synchronous LDG, LDGSTS, SHFL, wgmma waits).
+``tests/test_compile_gate.py`` runs this in a subprocess and asserts on the report;
+``benchmarks/static_table.py`` renders its sm_90 entries as a table.
 """
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
-import importlib
-import inspect
+import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
-from types import ModuleType
 
-# Compute capability -> most shared memory one block may use (bytes), from CUDA's tables.
-TARGETS = {80: 163 * 1024, 90: 227 * 1024}
-
-
-@dataclass(frozen=True)
-class GateKernel:
-    """One kernel to compile, with the arguments its launcher would specialize.
-
-    ``kernel`` is ``"module:attribute"``; pointer arguments (names ending in ``_ptr``) get
-    ``*<dtype>`` unless ``pointer_types`` says otherwise; other runtime arguments are i32.
-    ``constexprs`` are the non-tuning constexpr arguments. For a kernel without
-    ``@triton.autotune``, ``launch(module)`` returns the tuning meta-parameters and
-    ``num_warps`` its launcher uses, read from the kernel's module so the gate follows it;
-    autotuned kernels are compiled at each of their configs. ``tensor_cores``: the kernel
-    has a ``tl.dot`` whose SASS must use tensor cores. ``variant`` names a second entry of
-    the same kernel (e.g. runtime ints the JIT specializes to constants).
-    """
-
-    kernel: str
-    dtypes: tuple[str, ...]
-    constexprs: dict
-    pointer_types: dict = field(default_factory=dict)
-    launch: Callable[[ModuleType], dict] | None = None
-    tensor_cores: bool = False
-    variant: str = ""
-
-    @property
-    def name(self) -> str:
-        name = self.kernel.rsplit(":", 1)[1]
-        return f"{name}-{self.variant}" if self.variant else name
+REPO = Path(__file__).resolve().parent.parent
+# The private Triton API used below (_pack_args, the binder) is pinned to this version.
+TRITON_VERSION = "3.8"
+TARGETS = (90, 80)
+# Compute capability -> (most shared memory one block may use, shared memory per SM, bytes).
+SHARED_LIMITS = {80: (163 * 1024, 164 * 1024), 90: (227 * 1024, 228 * 1024)}
+REGISTERS_PER_SM = 65536
+MAX_WARPS_PER_SM = 64
+MAX_BLOCKS_PER_SM = 32
+REGISTER_ALLOCATION_UNIT = 256  # registers per warp are allocated in units of 256
+SHARED_RESERVED_PER_BLOCK = 1024  # the driver reserves 1 KB of shared memory per block
+DTYPES = ("fp32", "tf32", "fp16", "bf16")
+LAYOUTS = ("nchw", "nhwc")
+OPS = ("conv_fwd", "conv_dgrad", "conv_wgrad", "pool_fwd", "pool_bwd")
 
 
-CONV = "fastconv.kernels.conv2d"
-POOL = "fastconv.kernels.pool2d"
-
-
-def _pool_launch(pool: ModuleType) -> dict:
-    """The elementwise-style pooling launches: one BLOCK_SIZE range per program."""
-    return {"BLOCK": pool.BLOCK_SIZE, "num_warps": pool.NUM_WARPS}
-
-
-def _adaptive_pool_fwd_launch(pool: ModuleType) -> dict:
-    """The adaptive forward at its widest window tile (BLOCK_K at its cap)."""
-    block_k = pool.ADAPTIVE_MAX_BLOCK_K
-    return {
-        "BLOCK_M": pool.ADAPTIVE_TILE // block_k,
-        "BLOCK_K": block_k,
-        "num_warps": pool.NUM_WARPS,
-    }
-
-
-WGRAD_WORKSPACES = {"dw_ptr": "*fp32", "db_ptr": "*fp32"}
-POOL_COMMON = {"CHANNELS_LAST": False, "INDEX_64": False}
-# 3x3 stride 2 windows: 2 candidate outputs per input pixel and axis in the backward.
-POOL_WINDOW = {"KH": 3, "KW": 3}
-POOL_CANDIDATES = {"CANDIDATES_H": 2, "CANDIDATES_W": 2}
-
-# Every dtype at every config (fp32 runs tf32 dots unless the entry says ieee).
-GATE_KERNELS = [
-    GateKernel(
-        f"{CONV}:_conv2d_fwd_tuned",
-        ("fp16", "bf16", "fp32"),
-        {"R": 3, "S": 3, "HAS_BIAS": True, "APPLY_RELU": True},
-        tensor_cores=True,
-    ),
-    GateKernel(
-        f"{CONV}:_conv2d_dgrad_tuned",
-        ("fp16", "bf16", "fp32"),
-        {"R": 3, "S": 3, "RELU_MASK": True},
-        tensor_cores=True,
-    ),
-    GateKernel(  # stride 1: the JIT makes stride_h == stride_w == 1 constants
-        f"{CONV}:_conv2d_dgrad_tuned",
-        ("fp16",),
-        {"R": 3, "S": 3, "RELU_MASK": True, "stride_h": 1, "stride_w": 1},
-        tensor_cores=True,
-        variant="stride1",
-    ),
-    GateKernel(
-        f"{CONV}:_conv2d_wgrad_tuned",
-        ("fp16", "bf16", "fp32"),
-        {"R": 3, "S": 3, "RELU_MASK": True, "BIAS_GRAD": True},
-        pointer_types=WGRAD_WORKSPACES,
-        tensor_cores=True,
-    ),
-    # fp32 with tf32 off: IEEE dots on FMA units, no tensor cores.
-    GateKernel(
-        f"{CONV}:_conv2d_fwd_tuned_ieee",
-        ("fp32",),
-        {"R": 3, "S": 3, "HAS_BIAS": True, "APPLY_RELU": True, "INPUT_PRECISION": "ieee"},
-    ),
-    GateKernel(
-        f"{CONV}:_conv2d_dgrad_tuned_ieee",
-        ("fp32",),
-        {"R": 3, "S": 3, "RELU_MASK": True, "INPUT_PRECISION": "ieee"},
-    ),
-    GateKernel(
-        f"{CONV}:_conv2d_wgrad_tuned_ieee",
-        ("fp32",),
-        {"R": 3, "S": 3, "RELU_MASK": True, "BIAS_GRAD": True, "INPUT_PRECISION": "ieee"},
-        pointer_types=WGRAD_WORKSPACES,
-    ),
-    GateKernel(
-        f"{POOL}:_max_pool2d_fwd_kernel",
-        ("fp16",),
-        {**POOL_WINDOW, "STORE_ARGMAX": True, **POOL_COMMON},
-        pointer_types={"argmax_ptr": "*i8"},
-        launch=_pool_launch,
-    ),
-    GateKernel(
-        f"{POOL}:_max_pool2d_bwd_kernel",
-        ("fp16",),
-        {**POOL_WINDOW, **POOL_CANDIDATES, **POOL_COMMON},
-        pointer_types={"argmax_ptr": "*i8"},
-        launch=_pool_launch,
-    ),
-    GateKernel(
-        f"{POOL}:_avg_pool2d_fwd_kernel",
-        ("fp16",),
-        {**POOL_WINDOW, "COUNT_INCLUDE_PAD": True, **POOL_COMMON},
-        launch=_pool_launch,
-    ),
-    GateKernel(
-        f"{POOL}:_avg_pool2d_bwd_kernel",
-        ("fp16",),
-        {**POOL_WINDOW, **POOL_CANDIDATES, "COUNT_INCLUDE_PAD": True, **POOL_COMMON},
-        launch=_pool_launch,
-    ),
-    GateKernel(
-        f"{POOL}:_adaptive_avg_pool2d_fwd_kernel",
-        ("fp16",),
-        POOL_COMMON,
-        launch=_adaptive_pool_fwd_launch,
-    ),
-    GateKernel(
-        f"{POOL}:_adaptive_avg_pool2d_bwd_kernel",
-        ("fp16",),
-        {**POOL_CANDIDATES, **POOL_COMMON},
-        launch=_pool_launch,
-    ),
-]
-
-
-def case_id(entry: GateKernel, dtype: str, cc: int) -> str:
-    return f"{entry.name}-{dtype}-sm{cc}"
-
-
-def cases() -> list[tuple[GateKernel, str, int]]:
-    """Every (kernel, dtype, compute capability) the gate compiles."""
+def groups() -> list[tuple[str, str, str, int]]:
+    """Every (op, layout, dtype, target) the gate covers; ``tf32`` is conv-only."""
     return [
-        (entry, dtype, cc) for entry in GATE_KERNELS for dtype in entry.dtypes for cc in TARGETS
+        (op, layout, dtype, cc)
+        for op in OPS
+        for layout in LAYOUTS
+        for dtype in DTYPES
+        for cc in TARGETS
+        if not (op.startswith("pool") and dtype == "tf32")
     ]
 
 
+def group_id(op: str, layout: str, dtype: str, cc: int) -> str:
+    return f"{op}-{layout}-{dtype}-sm{cc}"
+
+
 def tools_missing() -> str | None:
-    """Why the gate cannot run here, or None."""
+    """Why the gate cannot run here (no triton, no cuobjdump), or None."""
     try:
-        import triton
-        from triton.compiler import ASTSource
+        import triton  # noqa: F401
     except ImportError:
         return "triton is not installed"
-    if "constexprs" not in inspect.signature(ASTSource).parameters:
-        return f"triton {triton.__version__} predates ASTSource(constexprs=...) (triton 3.3)"
-    if not (_tool_dir() / "cuobjdump").exists():
-        return f"cuobjdump is missing from {_tool_dir()}"
+    if not (tool_dir() / "cuobjdump").exists():
+        return f"cuobjdump is missing from {tool_dir()}"
     return None
 
 
-def _tool_dir() -> Path:
+def version_problem() -> str | None:
+    """Why the gate's use of Triton's private JIT API may be wrong here, or None."""
+    import triton
+    from triton.runtime import jit
+
+    if not triton.__version__.startswith(TRITON_VERSION):
+        return (
+            f"the gate binds arguments with triton {TRITON_VERSION}'s private JIT API "
+            f"(JITFunction._pack_args); found triton {triton.__version__}: re-check and re-pin"
+        )
+    if not hasattr(jit.JITFunction, "_pack_args") or not hasattr(
+        jit, "create_function_from_signature"
+    ):
+        return "triton's JIT no longer has _pack_args / create_function_from_signature"
+    return None
+
+
+def tool_dir() -> Path:
     import triton
 
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-def _launch_configs(entry: GateKernel, kernel) -> list[dict]:
-    """Tuning meta-parameters plus num_warps/num_stages of every config to compile."""
-    if entry.launch is not None:
-        return [entry.launch(importlib.import_module(entry.kernel.split(":")[0]))]
-    return [
-        {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        for cfg in kernel.configs
-    ]
+# --------------------------------------------------------------------------- capture
 
 
-def _compile_and_inspect(entry: GateKernel, dtype: str, cc: int, launch: dict) -> dict:
+@dataclasses.dataclass
+class Launch:
+    """One intercepted launch: the kernel object (JITFunction or Autotuner) and its arguments."""
+
+    kernel: object
+    args: tuple
+    kwargs: dict
+
+
+@contextlib.contextmanager
+def intercept_launches():
+    """Record every ``kernel[grid](...)`` instead of running it; yields the list of records."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    records: list[Launch] = []
+
+    def record(self, *args, grid=None, warmup=False, **kwargs):
+        records.append(Launch(self, args, kwargs))
+
+    saved = Autotuner.run, JITFunction.run
+    Autotuner.run = JITFunction.run = record
+    try:
+        yield records
+    finally:
+        Autotuner.run, JITFunction.run = saved
+
+
+TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@contextlib.contextmanager
+def _tf32(allowed: bool):
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def _tensor(shape, dtype, layout):
+    import torch
+
+    memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype).contiguous(memory_format=memory_format)
+
+
+def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launch]]:
+    import torch
+
+    from fastconv.kernels import conv2d
+
+    dtype = getattr(torch, TORCH_DTYPES[dtype_name])
+    p, q = shape.output_hw
+    x = _tensor((shape.n, shape.c, shape.h, shape.w), dtype, layout)
+    w = _tensor((shape.k, shape.c, shape.r, shape.s), dtype, layout)
+    b = torch.empty(shape.k, dtype=dtype)
+    y = _tensor((shape.n, shape.k, p, q), dtype, layout)
+    grad_y = _tensor((shape.n, shape.k, p, q), dtype, layout)
+    geometry = (shape.stride, shape.padding, shape.dilation)
+    out = []
+    # fp32 runs ieee dots unless tf32 is allowed, exactly as the launchers decide.
+    with _tf32(dtype_name != "fp32"):
+        for op, call in (
+            ("conv_fwd", lambda: conv2d.conv2d_fwd(x, w, b, *geometry, (p, q), True)),
+            ("conv_dgrad", lambda: conv2d.conv2d_bwd_input(grad_y, w, y, x.shape, *geometry)),
+            (
+                "conv_wgrad",
+                lambda: conv2d.conv2d_bwd_weight(grad_y, x, y, w.shape, *geometry, True),
+            ),
+        ):
+            with intercept_launches() as records:
+                call()
+            out += [(op, record) for record in records]
+    return out
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, tuple | list) else (value, value)
+
+
+def _pool_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launch]]:
+    import torch
+    import torch.nn.functional as F
+
+    from fastconv.kernels import pool2d
+
+    dtype = getattr(torch, TORCH_DTYPES[dtype_name])
+    memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = _tensor((shape.n, shape.c, shape.h, shape.w), dtype, layout)
+    opts = shape.kwargs
+    meta = torch.empty(x.shape, device="meta")
+    out = []
+    if shape.op == "adaptive_avg_pool2d":
+        size = _pair(opts["output_size"])
+        fwd = lambda: pool2d.adaptive_avg_pool2d_fwd(x, size)  # noqa: E731
+        grad_y = _tensor((shape.n, shape.c, *size), dtype, layout)
+        bwd = lambda: pool2d.adaptive_avg_pool2d_bwd(grad_y, x.shape, memory_format)  # noqa: E731
+    else:
+        kernel = _pair(opts["kernel_size"])
+        stride = _pair(opts.get("stride") or opts["kernel_size"])
+        padding = _pair(opts.get("padding", 0))
+        pool = getattr(F, shape.op)
+        size = tuple(pool(meta, **opts).shape[2:])
+        grad_y = _tensor((shape.n, shape.c, *size), dtype, layout)
+        if shape.op == "max_pool2d":
+            dilation = _pair(opts.get("dilation", 1))
+            geometry = (kernel, stride, padding, dilation)
+            argmax = _tensor(grad_y.shape, pool2d._argmax_dtype(kernel), layout)
+            fwd = lambda: pool2d.max_pool2d_fwd(x, *geometry, size, True)  # noqa: E731
+            bwd = lambda: pool2d.max_pool2d_bwd(grad_y, argmax, x.shape, memory_format, *geometry)  # noqa: E731
+        else:
+            mode = (opts.get("count_include_pad", True), opts.get("divisor_override"))
+            fwd = lambda: pool2d.avg_pool2d_fwd(x, kernel, stride, padding, size, *mode)  # noqa: E731
+            bwd = lambda: pool2d.avg_pool2d_bwd(  # noqa: E731
+                grad_y, x.shape, memory_format, kernel, stride, padding, *mode
+            )
+    for op, call in (("pool_fwd", fwd), ("pool_bwd", bwd)):
+        with intercept_launches() as records:
+            call()
+        out += [(op, record) for record in records]
+    return out
+
+
+# The shapes compiled by default (``--shapes gate``): one per specialization class of the
+# benchmark list. ``--shapes all`` takes every benchmark shape (deduplicated the same way).
+GATE_CONV_SHAPES = (
+    "catdog64-features.0",  # C=3 stem, 3x3 s1 p1, H=W=64
+    "catdog64-features.17",  # C=K=256, H=W=8 (not divisible by 16)
+    "resnet-stem-7x7s2",  # C=3, 7x7 stride 2 pad 3: strided dgrad
+    "resnet-3x3-64@56",  # the common 3x3 s1 p1 layer, H=W=56
+    "resnet-1x1-256to64@56",  # 1x1, no padding
+)
+GATE_POOL_SHAPES = (
+    "catdog64-features.4",  # max 2x2 s2
+    "catdog64-head.0",  # adaptive avg 4x4 -> 1
+    "resnet-stem-max3x3s2",  # max 3x3 s2 p1 (overlapping windows)
+    "densenet-avg2x2@56",  # avg 2x2 s2
+    "resnet-global-avg@7",  # adaptive avg 7x7 -> 1
+)
+
+
+def _select(shapes, names):
+    if names is None:
+        return list(shapes)
+    by_name = {shape.name: shape for shape in shapes}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise SystemExit(f"compile gate: shapes {missing} are not in benchmarks/shapes.py")
+    return [by_name[name] for name in names]
+
+
+def capture(which: str = "gate") -> list[tuple[str, str, str, str, Launch]]:
+    """(op, layout, dtype, shape name, launch) of every launch for the selected shapes."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.shapes import CONV_SHAPES, POOL_SHAPES
+
+    conv = _select(CONV_SHAPES, None if which == "all" else GATE_CONV_SHAPES)
+    pool = _select(POOL_SHAPES, None if which == "all" else GATE_POOL_SHAPES)
+    out = []
+    for layout in LAYOUTS:
+        for dtype in DTYPES:
+            for shape in conv:
+                out += [
+                    (op, layout, dtype, shape.name, r)
+                    for op, r in _conv_launches(shape, layout, dtype)
+                ]
+            if dtype == "tf32":
+                continue
+            for shape in pool:
+                out += [
+                    (op, layout, dtype, shape.name, r)
+                    for op, r in _pool_launches(shape, layout, dtype)
+                ]
+    return out
+
+
+# --------------------------------------------------------------------------- binding
+
+
+def _configs(kernel) -> list[tuple[dict, dict]]:
+    """(config meta-parameters, keyword arguments merged into the launch) per config."""
+    from triton.runtime.autotuner import Autotuner
+
+    if isinstance(kernel, Autotuner):
+        return [(cfg.kwargs, cfg.all_kwargs()) for cfg in kernel.configs]
+    return [({}, {})]
+
+
+def bind(kernel, args: tuple, kwargs: dict, cc: int) -> list[dict]:
+    """The compile jobs of one launch on one target: one per config, bound as the JIT binds."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
+    backend = make_backend(GPUTarget("cuda", cc, 32))
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    jobs = []
+    for meta, extra in _configs(kernel):
+        launch_kwargs = {**kwargs, **extra}
+        # The two options JITFunction.run adds before binding.
+        launch_kwargs["debug"] = launch_kwargs.get("debug", fn.debug) or knobs.runtime.debug
+        launch_kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+        bound_args, specialization, options = binder(*args, **launch_kwargs)
+        options, signature, constexprs, attrs = fn._pack_args(
+            backend, launch_kwargs, bound_args, specialization, options
+        )
+        if not meta:  # a fixed launch: its tuning meta-parameters are the UPPER-case kwargs
+            meta = {k: v for k, v in kwargs.items() if k.startswith("BLOCK")}
+        names = list(signature)
+        jobs.append(
+            {
+                "module": fn.module,
+                "name": fn.fn.__name__,
+                "cc": cc,
+                "signature": signature,
+                "constexprs": constexprs,
+                "attrs": attrs,
+                "options": options.__dict__,
+                "config": {
+                    **meta,
+                    "num_warps": options.num_warps,
+                    "num_stages": options.num_stages,
+                },
+                "specialized_to_1": [
+                    name
+                    for name, param in zip(names, fn.params, strict=True)
+                    if signature[name] == "constexpr" and not param.is_constexpr
+                ],
+                "divisible_16": [
+                    names[k[0]]
+                    for k, v in attrs.items()
+                    if ["tt.divisibility", 16] in v and not signature[names[k[0]]].startswith("*")
+                ],
+            }
+        )
+    return jobs
+
+
+def job_key(job: dict) -> str:
+    text = repr(
+        (
+            job["module"],
+            job["name"],
+            job["cc"],
+            sorted(job["signature"].items()),
+            sorted(job["constexprs"].items()),
+            sorted((k, repr(v)) for k, v in job["attrs"].items()),
+            sorted((k, repr(v)) for k, v in job["options"].items()),
+        )
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+# --------------------------------------------------------------------------- compile + read
+
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)")
+
+
+def parse_sass(sass: str) -> list[tuple[int, str]]:
+    """(address, instruction text without predicate) for every SASS instruction."""
+    out = []
+    for address, text in _LINE.findall(sass):
+        text = re.sub(r"^@!?U?P[T0-9]+\s+", "", text)
+        out.append((int(address, 16), text))
+    return out
+
+
+def _opcode(text: str) -> str:
+    return text.split()[0] if text else ""
+
+
+def count_instructions(instructions: list[tuple[int, str]]) -> dict:
+    ops = [_opcode(text) for _, text in instructions]
+    ldg = [op for op in ops if op.startswith("LDG.") or op == "LDG"]
+    ldgsts = [op for op in ops if op.startswith("LDGSTS")]
+
+    def width(op: str, default: int) -> int:
+        found = re.search(r"\.(128|64|32|16|U16|S16|U8|S8)\b", op)
+        if not found:
+            return default
+        token = found.group(1)
+        return {"U16": 16, "S16": 16, "U8": 8, "S8": 8}.get(
+            token, int(token) if token.isdigit() else default
+        )
+
+    return {
+        "instructions": len(ops),
+        "hgmma": sum(op.startswith("HGMMA") for op in ops),
+        "hmma": sum(op.startswith("HMMA") for op in ops),
+        "ldg": len(ldg),
+        "ldg_widths": sorted({width(op, 32) for op in ldg}),
+        "ldgsts": len(ldgsts),
+        "ldgsts_widths": sorted({width(op, 32) for op in ldgsts}),
+        "utmaldg": sum(op.startswith("UTMALDG") for op in ops),
+        "shfl": sum(op.startswith("SHFL") for op in ops),
+        "wgmma_waits": sum(op.startswith("WARPGROUP.DEPBAR") for op in ops),
+        "spill_ops": sum(op.startswith(("LDL", "STL")) for op in ops),
+    }
+
+
+def main_loop(instructions: list[tuple[int, str]]) -> tuple[int, int] | None:
+    """(first, last) address of the main loop: the backward-branch region with most MMAs."""
+    best, best_score = None, None
+    for address, text in instructions:
+        found = _BRANCH.search(text) if _opcode(text).startswith("BRA") else None
+        if not found:
+            continue
+        target = int(found.group(1), 16)
+        if target >= address:  # a forward branch, or the trap loop ending the kernel
+            continue
+        body = [t for a, t in instructions if target <= a <= address]
+        mma = sum(_opcode(t).startswith(("HGMMA", "HMMA")) for t in body)
+        score = (mma, len(body))
+        if best_score is None or score > best_score:
+            best, best_score = (target, address), score
+    return best
+
+
+def blocks_per_sm(cc: int, registers: int, warps: int, shared: int) -> int:
+    """Resident blocks per SM by registers, warps, shared memory and the block limit."""
+    per_warp = -(-max(registers, 1) * 32 // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
+    by_registers = (REGISTERS_PER_SM // per_warp) // warps
+    by_warps = MAX_WARPS_PER_SM // warps
+    by_shared = SHARED_LIMITS[cc][1] // (shared + SHARED_RESERVED_PER_BLOCK)
+    return min(by_registers, by_warps, by_shared, MAX_BLOCKS_PER_SM)
+
+
+def compile_job(job: dict, cubin_path: str) -> dict:
+    """Compile one job, write its cubin, and read its resources and SASS."""
+    import importlib
+
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from triton.runtime.autotuner import Autotuner
 
-    kernel = _load(entry)
-    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
-    options = {k: v for k, v in launch.items() if k in ("num_warps", "num_stages")}
-    meta = {k: v for k, v in launch.items() if k not in options}
-    constexprs = {**entry.constexprs, **meta}
-    if "INPUT_PRECISION" in fn.arg_names:  # the launchers' choice for fp16/bf16 and tf32
-        constexprs.setdefault("INPUT_PRECISION", "tf32")
-    signature = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = entry.pointer_types.get(name, f"*{dtype}")
-        else:
-            signature[name] = "i32"
-    # Torch allocations are 16-byte aligned, which the JIT would specialize on too.
-    attrs = {
-        (i,): [["tt.divisibility", 16]]
-        for i, name in enumerate(fn.arg_names)
-        if signature[name].startswith("*")
-    }
-    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", cc, 32), options=options)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "kernel.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        tool = str(_tool_dir() / "cuobjdump")
-        usage = subprocess.run(
-            [tool, "-res-usage", str(cubin)], capture_output=True, text=True, check=True
-        ).stdout
-        sass = subprocess.run(
-            [tool, "-sass", str(cubin)], capture_output=True, text=True, check=True
-        ).stdout
+    fn = getattr(importlib.import_module(job["module"]), job["name"])
+    source = ASTSource(fn, job["signature"], job["constexprs"], job["attrs"])
+    started = time.perf_counter()
+    compiled = triton.compile(
+        source, target=GPUTarget("cuda", job["cc"], 32), options=dict(job["options"])
+    )
+    seconds = time.perf_counter() - started
+    Path(cubin_path).write_bytes(compiled.asm["cubin"])
+    tool = str(tool_dir() / "cuobjdump")
+    usage = subprocess.run(
+        [tool, "-res-usage", cubin_path], capture_output=True, text=True, check=True
+    ).stdout
+    sass = subprocess.run(
+        [tool, "-sass", cubin_path], capture_output=True, text=True, check=True
+    ).stdout
     resources = {k: int(v) for k, v in re.findall(r"\b([A-Z]+):(\d+)", usage)}
+    instructions = parse_sass(sass)
+    loop = main_loop(instructions)
+    in_loop = [(a, t) for a, t in instructions if loop and loop[0] <= a <= loop[1]]
+    shared = compiled.metadata.shared + resources.get("SHARED", 0)
+    registers = resources.get("REG", 0)
     return {
-        "config": launch,
-        "shared": compiled.metadata.shared,
-        "max_shared": TARGETS[cc],
-        "registers": resources.get("REG"),
-        "stack": resources.get("STACK"),
-        "local": resources.get("LOCAL"),
-        "wgmma": "warp_group_dot" in compiled.asm["ttgir"],
-        "hmma": len(re.findall(r"\bHMMA\.", sass)),
-        "hgmma": len(re.findall(r"\bHGMMA\.", sass)),
+        "registers": registers,
+        "stack": resources.get("STACK", 0),
+        "local": resources.get("LOCAL", 0),
+        "shared": shared,
+        "max_shared": SHARED_LIMITS[job["cc"]][0],
+        "blocks_per_sm": blocks_per_sm(job["cc"], registers, job["options"]["num_warps"], shared),
+        "wgmma_ttgir": "warp_group_dot" in compiled.asm["ttgir"],
+        "hgmma_shapes": sorted(set(re.findall(r"\bHGMMA\.(\d+x\d+x\d+)", sass))),
+        "hmma_shapes": sorted(set(re.findall(r"\bHMMA\.(\d+)", sass))),
+        "kernel_sass": count_instructions(instructions),
+        "main_loop": {
+            "found": loop is not None,
+            "range": [f"0x{loop[0]:x}", f"0x{loop[1]:x}"] if loop else None,
+            **count_instructions(in_loop),
+        },
+        "compile_s": round(seconds, 2),
     }
 
 
-def _load(entry: GateKernel):
-    module_name, attr = entry.kernel.split(":")
-    return getattr(importlib.import_module(module_name), attr)
+def _worker(job: dict, cubin_path: str) -> dict:
+    try:
+        return compile_job(job, cubin_path)
+    except Exception as error:  # reported per entry; the test fails on it
+        return {"error": f"{type(error).__name__}: {error}"}
 
 
-def _run_case(entry: GateKernel, dtype: str, cc: int) -> list[dict]:
-    launches = _launch_configs(entry, _load(entry))
-    return [_compile_and_inspect(entry, dtype, cc, launch) for launch in launches]
+def build_jobs(which: str, targets) -> dict[str, dict]:
+    """key -> entry skeleton (job + metadata + the shapes that launch it)."""
+    entries: dict[str, dict] = {}
+    for op, layout, dtype, shape, record in capture(which):
+        for cc in targets:
+            for job in bind(record.kernel, record.args, record.kwargs, cc):
+                key = job_key(job)
+                entry = entries.setdefault(
+                    key,
+                    {
+                        "key": key,
+                        "job": job,
+                        "op": op,
+                        "layouts": set(),
+                        "dtypes": set(),
+                        "shapes": [],
+                    },
+                )
+                entry["layouts"].add(layout)
+                entry["dtypes"].add(dtype)
+                if shape not in entry["shapes"]:
+                    entry["shapes"].append(shape)
+    return entries
 
 
-def main(out_path: str) -> None:
+def config_tag(config: dict) -> str:
+    blocks = "x".join(str(v) for k, v in config.items() if k.startswith("BLOCK"))
+    return f"{blocks}-w{config['num_warps']}-s{config['num_stages']}"
+
+
+def run(out_path: Path, cubin_dir: Path, which: str, targets, workers: int) -> dict:
+    started = time.perf_counter()
+    entries = build_jobs(which, targets)
+    captured_s = time.perf_counter() - started
+    cubin_dir.mkdir(parents=True, exist_ok=True)
+    report_entries = []
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        futures = {}
+        for key, entry in entries.items():
+            job = entry["job"]
+            layout = entry["layouts"].pop() if len(entry["layouts"]) == 1 else "any"
+            dtype = "/".join(sorted(entry["dtypes"]))
+            tag = f"{layout}-{dtype.replace('/', '_')}-sm{job['cc']}-{config_tag(job['config'])}"
+            name = f"{job['name'].strip('_')}-{tag}-{key}"
+            cubin = cubin_dir / f"{name}.cubin"
+            meta = {
+                "kernel": job["name"],
+                "op": entry["op"],
+                "layout": layout,
+                "dtype": dtype,
+                "target": job["cc"],
+                "num_warps": job["config"]["num_warps"],
+                "num_stages": job["config"]["num_stages"],
+                "config": job["config"],
+                "config_tag": config_tag(job["config"]),
+                "cubin": str(cubin),
+                "key": key,
+                "shapes": entry["shapes"],
+                "specialized_to_1": job["specialized_to_1"],
+                "divisible_16": job["divisible_16"],
+            }
+            futures[pool.submit(_worker, job, str(cubin))] = meta
+        for future in concurrent.futures.as_completed(futures):
+            report_entries.append({**futures[future], **future.result()})
+    report_entries.sort(
+        key=lambda e: (
+            OPS.index(e["op"]),
+            e["layout"],
+            e["dtype"],
+            -e["target"],
+            e["config_tag"],
+            e["key"],
+        )
+    )
+    import torch
+    import triton
+
+    report = {
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "shapes": which,
+        "targets": list(targets),
+        "workers": workers,
+        "capture_s": round(captured_s, 1),
+        "total_s": round(time.perf_counter() - started, 1),
+        "entries": report_entries,
+    }
+    out_path.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", type=Path, help="JSON report to write")
+    parser.add_argument("--cubin-dir", type=Path, required=True, help="where cubins go")
+    parser.add_argument("--shapes", choices=("gate", "all"), default="gate")
+    parser.add_argument("--targets", default=",".join(map(str, TARGETS)))
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("run the compile gate with TRITON_INTERPRET unset")
-    report = {}
-    workers = min(2, os.cpu_count() or 1)
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        futures = {pool.submit(_run_case, *case): case_id(*case) for case in cases()}
-        for future in concurrent.futures.as_completed(futures):
-            try:
-                report[futures[future]] = future.result()
-            except Exception as error:  # reported per case by the test, not fatal here
-                report[futures[future]] = {"error": repr(error)}
-    Path(out_path).write_text(json.dumps(report, indent=1))
+    reason = tools_missing() or version_problem()
+    if reason is not None:
+        raise SystemExit(f"compile gate: {reason}")
+    targets = tuple(int(t) for t in args.targets.split(","))
+    report = run(args.report, args.cubin_dir, args.shapes, targets, args.workers)
+    errors = sum("error" in e for e in report["entries"])
+    print(
+        f"compile gate: {len(report['entries'])} kernels ({errors} errors) in "
+        f"{report['total_s']} s -> {args.report}"
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

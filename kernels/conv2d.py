@@ -34,15 +34,15 @@ from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
-from fastconv.kernels.layout import memory_format_of
+from fastconv.kernels.layout import element_span, memory_format_of
 
 __all__ = [
     "conv2d_bwd_input",
     "conv2d_bwd_weight",
     "conv2d_fwd",
     "dgrad_configs",
-    "needs_int64",
     "fwd_configs",
+    "needs_int64",
     "wgrad_configs",
     "wgrad_partition",
     "wgrad_split",
@@ -517,13 +517,6 @@ def _checked_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
     return grid
 
 
-def _tensor_span(t: Tensor) -> int:
-    """One past the largest element offset into ``t`` (0 for an empty tensor)."""
-    if t.numel() == 0:
-        return 0
-    return 1 + sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride(), strict=True))
-
-
 def needs_int64(pixels: int, *tensors: Tensor) -> bool:
     """Whether a kernel must do its pixel and offset math in int64 (``INDEX_64``).
 
@@ -532,7 +525,7 @@ def needs_int64(pixels: int, *tensors: Tensor) -> bool:
     ``row_start + rows_per_split``) stays below 2**31 too, so a masked lane cannot wrap round
     to a negative index that its mask would accept.
     """
-    largest = max([pixels, *(_tensor_span(t) for t in tensors)])
+    largest = max([pixels, *(element_span(t) for t in tensors)])
     return 2 * largest + 4096 >= 2**31
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["memory_format_of"]
+__all__ = ["element_span", "memory_format_of"]
 
 
 def memory_format_of(t: Tensor) -> torch.memory_format:
@@ -21,3 +21,14 @@ def memory_format_of(t: Tensor) -> torch.memory_format:
     ):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def element_span(t: Tensor) -> int:
+    """One past the largest element offset into ``t`` (0 for an empty tensor).
+
+    What a kernel's index math must reach: a strided view of few elements can still span
+    past 2**31.
+    """
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride(), strict=True))

@@ -22,7 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastconv.kernels import alloc
-from fastconv.kernels.layout import memory_format_of
+from fastconv.kernels.layout import element_span, memory_format_of
 
 __all__ = [
     "adaptive_avg_pool2d_bwd",
@@ -111,11 +111,7 @@ def _avg_pool_divisor(
 
 def _needs_int64(*tensors: Tensor) -> bool:
     """True when an element offset into one of ``tensors`` can reach 2**31."""
-    spans = (
-        sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride(), strict=True))
-        for t in tensors
-    )
-    return max(spans) + 1 >= 2**31
+    return max(element_span(t) for t in tensors) >= 2**31
 
 
 def _empty(shape, like: Tensor, memory_format: torch.memory_format, dtype=None) -> Tensor:

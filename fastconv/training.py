@@ -439,8 +439,19 @@ class EpochSums:
         self.correct += (logits.argmax(1) == labels).sum()
         self.seen += len(labels)
 
-    def state(self) -> dict:
-        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "seen": self.seen}
+    def totals(self, proc: Process) -> tuple[float, int, int]:
+        """(loss x images, correct, images) summed over all processes."""
+        loss, correct, seen = proc.all_sum([self.loss.item(), self.correct.item(), self.seen])
+        return loss, int(correct), int(seen)
+
+    def state(self, proc: Process) -> dict:
+        """The sums of all processes, as a checkpoint stores them (every rank must call it)."""
+        loss, correct, seen = self.totals(proc)
+        return {
+            "loss": torch.tensor(loss, dtype=torch.float64),
+            "correct": torch.tensor(correct, dtype=torch.int64),
+            "seen": seen,
+        }
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> EpochSums:
@@ -508,16 +519,6 @@ class Trainer:
         With several processes every rank must call this (the epoch sums are summed over
         ranks); rank 0 writes the result.
         """
-        loss, correct, seen = self.proc.all_sum(
-            [self.sums.loss.item(), self.sums.correct.item(), self.sums.seen]
-        )
-        sums = self.sums.state()
-        if self.proc.distributed:
-            sums = {
-                "loss": torch.tensor(loss, dtype=torch.float64),
-                "correct": torch.tensor(int(correct), dtype=torch.int64),
-                "seen": int(seen),
-            }
         return {
             "resume_format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -526,7 +527,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.position[0],
             "step": self.position[1],
-            "epoch_sums": sums,
+            "epoch_sums": self.sums.state(self.proc),
             "args": jsonable_args(self.args),
             "class_names": list(CLASS_NAMES),
             "history": self.history,
@@ -805,9 +806,7 @@ def _train(args: argparse.Namespace, proc: Process, resumed: dict | None) -> int
                 trainer.train_epoch(epoch, loader, skip, stop, save_last)
                 train_seconds = time.perf_counter() - started
                 trained_here = (trainer.sums.seen - seen_before) * proc.world_size
-                loss_sum, correct, seen = proc.all_sum(
-                    [trainer.sums.loss.item(), trainer.sums.correct.item(), trainer.sums.seen]
-                )
+                loss_sum, correct, seen = trainer.sums.totals(proc)
                 val_loss, val_acc, confusion = evaluate(trainer.model, val_loader, args, proc)
                 row = {
                     "epoch": epoch + 1,

@@ -184,16 +184,15 @@ class Conv2dBiasReLUFunction(torch.autograd.Function):
 
         x, weight, relu_output = ctx.saved_tensors
         stride, padding, dilation = ctx.conv_args
+        if relu_output is not None:
+            grad_y = kernels.relu_grad(grad_y, relu_output)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = kernels.conv2d_bwd_input(
-                grad_y, weight, relu_output, x.shape, stride, padding, dilation
-            )
+            grad_x = kernels.conv2d_bwd_input(grad_y, weight, x.shape, stride, padding, dilation)
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
             grad_w, grad_b = kernels.conv2d_bwd_weight(
                 grad_y,
                 x,
-                relu_output,
                 weight.shape,
                 stride,
                 padding,

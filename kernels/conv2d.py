@@ -14,9 +14,9 @@ without a copy), accumulating in fp32 and casting on store:
   N*P*Q split across programs (split-K) into an fp32 workspace summed afterwards, which
   keeps the result deterministic.
 
-When the ReLU was fused, the backward kernels zero ``grad_y`` where ``y <= 0`` as they load
-it, from the saved forward output: no masked-gradient tensor is materialized. NaN follows
-torch: ``relu(NaN) = NaN`` and the gradient passes where ``y`` is NaN (threshold_backward).
+When the ReLU was fused, :func:`relu_grad` masks ``grad_y`` once (where the saved output
+``y <= 0``) for both backward kernels. NaN follows torch: ``relu(NaN) = NaN`` and the
+gradient passes where ``y`` is NaN (threshold_backward).
 
 fp32 inputs use tf32 tensor cores exactly when ``torch.backends.cudnn.allow_tf32`` is on
 (as cuDNN does) and IEEE fp32 otherwise. Batch offsets are always int64; when a pixel count
@@ -34,7 +34,21 @@ from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
-from fastconv.kernels.layout import element_span, memory_format_of
+from fastconv.kernels.conv2d_wgrad import (
+    conv2d_bwd_weight,
+    wgrad_configs,
+    wgrad_partition,
+    wgrad_split,
+)
+from fastconv.kernels.launch import (
+    INTERPRETER_CONFIGS,
+    checked_grid,
+    input_precision,
+    launch,
+    needs_int64,
+    tile_config,
+)
+from fastconv.kernels.layout import memory_format_of
 
 __all__ = [
     "conv2d_bwd_input",
@@ -43,6 +57,7 @@ __all__ = [
     "dgrad_configs",
     "fwd_configs",
     "needs_int64",
+    "relu_grad",
     "wgrad_configs",
     "wgrad_partition",
     "wgrad_split",
@@ -50,34 +65,12 @@ __all__ = [
 
 Pair = tuple[int, int]
 
-# wgrad split-K: rows (output pixels) reduced by one program at least, and the programs
-# aimed for, counted in nominal 64 x 64 tiles of the (K, C*R*S) gradient.
-WGRAD_ROWS_PER_SPLIT = 64 if TRITON_INTERPRETER else 512
-WGRAD_TARGET_PROGRAMS = 1024
-WGRAD_NOMINAL_TILE = 64 * 64
-# Cap on the fp32 wgrad workspace (elements) so huge weights do not split needlessly.
-WGRAD_MAX_WORKSPACE = 1 << 26
-
-
 # --------------------------------------------------------------------------- autotune configs
 
 
-def _config(block_m: int, block_n: int, block_k: int, stages: int, warps: int) -> triton.Config:
-    meta = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
-    return triton.Config(meta, num_stages=stages, num_warps=warps)
-
-
-# Under the interpreter the autotuner would time configs with CUDA events: one config only.
-_INTERPRETER_CONFIGS = [_config(64, 16, 16, 1, 1)]
 # IEEE fp32 dots run on FMA units and hold more registers per tile: BLOCK_K 16 avoids spills.
 _IEEE_BLOCK_K = 16
 
-
-# The flattened tap x channel-chunk loops below (``tap = step // c_chunks; r = tap // S``)
-# are the loop shape of the Inductor convolution that 8 warps miscompile (pytorch issue
-# 173068; Inductor caps those templates at 4 warps): every config here uses 4 warps at most
-# (tests/test_autotune_configs.py checks it, docs/decisions.md says why).
-MAX_NUM_WARPS = 4
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps) per kernel.
 # 4 warps leave each thread twice the tile of 8: the old 128x64 and 64x128 tiles spilled
@@ -92,19 +85,16 @@ DGRAD_TILES = [  # input pixels, input channels, output channels
     (64, 32, 16, 4, 4),
     (32, 64, 16, 4, 4),
 ]
-WGRAD_TILES = [  # output channels, C*R*S, output pixels
-    (64, 64, 16, 3, 4),
-    (64, 32, 32, 4, 4),  # few output channels
-    (32, 64, 16, 4, 4),
-]
 
 
 def _configs(
     tiles: list[tuple[int, int, int, int, int]], ieee: bool, interpreter: bool
 ) -> list[triton.Config]:
     if interpreter:
-        return _INTERPRETER_CONFIGS
-    return [_config(m, n, min(k, _IEEE_BLOCK_K) if ieee else k, s, w) for m, n, k, s, w in tiles]
+        return INTERPRETER_CONFIGS
+    return [
+        tile_config(m, n, min(k, _IEEE_BLOCK_K) if ieee else k, s, w) for m, n, k, s, w in tiles
+    ]
 
 
 def fwd_configs(ieee: bool = False, interpreter: bool = TRITON_INTERPRETER) -> list[triton.Config]:
@@ -117,13 +107,6 @@ def dgrad_configs(
 ) -> list[triton.Config]:
     """dgrad configs; ``interpreter=False`` gives the GPU list even under the interpreter."""
     return _configs(DGRAD_TILES, ieee, interpreter)
-
-
-def wgrad_configs(
-    ieee: bool = False, interpreter: bool = TRITON_INTERPRETER
-) -> list[triton.Config]:
-    """wgrad configs; ``interpreter=False`` gives the GPU list even under the interpreter."""
-    return _configs(WGRAD_TILES, ieee, interpreter)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -238,7 +221,6 @@ def _conv2d_bwd_input_kernel(
     # pointers
     dy_ptr,
     w_ptr,
-    y_ptr,
     dx_ptr,
     # shapes
     N,
@@ -263,10 +245,6 @@ def _conv2d_bwd_input_kernel(
     stride_wc,
     stride_wr,
     stride_ws,
-    stride_yn,
-    stride_yk,
-    stride_yp,
-    stride_yq,
     stride_dxn,
     stride_dxc,
     stride_dxh,
@@ -274,7 +252,6 @@ def _conv2d_bwd_input_kernel(
     # meta-parameters
     R: tl.constexpr,
     S: tl.constexpr,
-    RELU_MASK: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -285,7 +262,7 @@ def _conv2d_bwd_input_kernel(
 
     grad_x[n, c, h, w] = sum_{k, r, s} g[n, k, p, q] * w[k, c, r, s] over the taps with
     h = p*stride_h - pad_h + r*dil_h (likewise w, q) and 0 <= p < P, 0 <= q < Q, where
-    g = grad_y * !(y <= 0) if RELU_MASK else grad_y. Grid: (cdiv(N*cdiv(H, stride_h)*
+    g = grad_y (a fused ReLU's mask already applied). Grid: (cdiv(N*cdiv(H, stride_h)*
     cdiv(W, stride_w), BLOCK_M) * stride_h*stride_w, cdiv(C, BLOCK_N)): axis 0 is (pixel
     tile, stride phase (h mod stride_h, w mod stride_w)), the phase shared by the tile's
     pixels, so a tap r either divides (h + pad_h - r*dil_h) by stride_h for the whole tile or
@@ -317,7 +294,6 @@ def _conv2d_bwd_input_kernel(
     mask_m = (n < N) & (h < H) & (w < W)  # n < N: offs_m < N*H_phase*W_phase, no product
     mask_n = offs_n < C
     dy_base = dy_ptr + n * stride_dyn
-    y_base = y_ptr + n * stride_yn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # One flat loop over (tap r, s) x (output-channel chunk), as in the forward.
@@ -345,15 +321,6 @@ def _conv2d_bwd_input_kernel(
                 mask=mask_g,
                 other=0.0,
             )
-            if RELU_MASK:
-                y = tl.load(
-                    y_base[:, None]
-                    + (p * stride_yp + q * stride_yq)[:, None]
-                    + k[None, :] * stride_yk,
-                    mask=mask_g,
-                    other=0.0,
-                )
-                g = tl.where(y <= 0, 0.0, g)  # as torch's threshold_backward: y = NaN passes g
             w_offs = r * stride_wr + s * stride_ws + k[:, None] * stride_wk
             w_tile = tl.load(
                 w_ptr + w_offs + offs_n[None, :] * stride_wc,
@@ -367,184 +334,21 @@ def _conv2d_bwd_input_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.jit
-def _conv2d_bwd_weight_kernel(
-    # pointers
-    dy_ptr,
-    x_ptr,
-    y_ptr,
-    dw_ptr,
-    db_ptr,
-    # shapes
-    N,
-    C,
-    H,
-    W,
-    K,
-    P,
-    Q,
-    stride_h,
-    stride_w,
-    pad_h,
-    pad_w,
-    dil_h,
-    dil_w,
-    rows_per_split,
-    # strides
-    stride_dyn,
-    stride_dyk,
-    stride_dyp,
-    stride_dyq,
-    stride_xn,
-    stride_xc,
-    stride_xh,
-    stride_xw,
-    stride_yn,
-    stride_yk,
-    stride_yp,
-    stride_yq,
-    # meta-parameters
-    R: tl.constexpr,
-    S: tl.constexpr,
-    RELU_MASK: tl.constexpr,
-    BIAS_GRAD: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    INDEX_64: tl.constexpr = False,
-):
-    """Partial grad_w (SPLIT, K, C*R*S) and grad_b (SPLIT, K) in fp32 over a slice of N*P*Q.
-
-    grad_w[k, c, r, s] = sum_{n, p, q} g[n, k, p, q] * x[n, c, p*stride_h - pad_h + r*dil_h,
-    q*stride_w - pad_w + s*dil_w] and grad_b[k] = sum_{n, p, q} g[n, k, p, q], with
-    g = grad_y * !(y <= 0) if RELU_MASK else grad_y (grad_y, y: (N, K, P, Q); x: (N, C, H, W)).
-    Program z of grid axis 2 reduces rows [z*rows_per_split, (z+1)*rows_per_split) of the
-    N*P*Q pixels; the caller sums the SPLIT partial results. Grid: (cdiv(K, BLOCK_M),
-    cdiv(C*R*S, BLOCK_N), SPLIT). grad_b is written by the programs with pid_n == 0.
-    """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_z = tl.program_id(2)
-    CRS = C * R * S
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel k
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (c, r, s), flattened
-    offs_k = tl.arange(0, BLOCK_K)  # output pixel (n, p, q) within a chunk
-    if INDEX_64:  # channel * channel-stride can pass 2**31 within one sample too
-        offs_m = offs_m.to(tl.int64)
-        offs_n = offs_n.to(tl.int64)
-        offs_k = offs_k.to(tl.int64)  # rows = row0 + offs_k in int64 whatever row0's type
-    mask_m = offs_m < K
-    mask_n = offs_n < CRS
-    s = offs_n % S
-    r = (offs_n // S) % R
-    c = offs_n // (R * S)
-    if INDEX_64:  # N*P*Q or an offset within one sample can pass 2**31: pixel math in i64
-        pid_z = pid_z.to(tl.int64)
-        rows_total = tl.cast(N, tl.int64) * P * Q
-    else:
-        rows_total = N * P * Q
-    row_start = pid_z * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, rows_total)
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    bias_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for row0 in range(row_start, row_end, BLOCK_K):
-        rows = row0 + offs_k
-        mask_rows = rows < row_end
-        q = rows % Q
-        p = (rows // Q) % P
-        n = (rows // Q // P).to(tl.int64)
-        # g^T tile (BLOCK_M channels, BLOCK_K pixels)
-        mask_g = mask_m[:, None] & mask_rows[None, :]
-        dy_pix = n * stride_dyn + p * stride_dyp + q * stride_dyq
-        g = tl.load(dy_ptr + offs_m[:, None] * stride_dyk + dy_pix[None, :], mask=mask_g, other=0.0)
-        if RELU_MASK:
-            y_pix = n * stride_yn + p * stride_yp + q * stride_yq
-            y = tl.load(
-                y_ptr + offs_m[:, None] * stride_yk + y_pix[None, :], mask=mask_g, other=0.0
-            )
-            g = tl.where(y <= 0, 0.0, g)  # as torch's threshold_backward: y = NaN passes g
-        # x tile (BLOCK_K pixels, BLOCK_N taps)
-        h = (p * stride_h - pad_h)[:, None] + (r * dil_h)[None, :]
-        w = (q * stride_w - pad_w)[:, None] + (s * dil_w)[None, :]
-        mask_x = mask_rows[:, None] & mask_n[None, :] & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        x_offs = (n * stride_xn)[:, None] + (c * stride_xc)[None, :] + h * stride_xh
-        x_tile = tl.load(x_ptr + x_offs + w * stride_xw, mask=mask_x, other=0.0)
-        acc = tl.dot(g.to(x_tile.dtype), x_tile, acc, input_precision=INPUT_PRECISION)
-        if BIAS_GRAD:
-            bias_acc += tl.sum(g.to(tl.float32), axis=1)
-
-    dw_ptrs = dw_ptr + pid_z * K * CRS + offs_m[:, None] * CRS + offs_n[None, :]
-    tl.store(dw_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
-    if BIAS_GRAD:
-        tl.store(db_ptr + pid_z * K + offs_m, bias_acc, mask=mask_m & (pid_n == 0))
-
-
 # --------------------------------------------------------------------------- autotuners
 
 # One autotuner per kernel and dot precision, keyed on the problem geometry (the autotuner
 # adds the tensors' dtypes to the key). "ieee" serves fp32 with tf32 off.
 _FWD_KEY = ["C", "K", "P", "Q", "R", "S", "stride_h", "stride_w"]
 _DGRAD_KEY = ["C", "K", "H", "W", "R", "S", "stride_h", "stride_w"]
-_WGRAD_KEY = ["C", "K", "P", "Q", "R", "S", "rows_per_split"]
 _conv2d_fwd_tuned = triton.autotune(fwd_configs(), _FWD_KEY)(_conv2d_fwd_kernel)
 _conv2d_fwd_tuned_ieee = triton.autotune(fwd_configs(ieee=True), _FWD_KEY)(_conv2d_fwd_kernel)
 _conv2d_dgrad_tuned = triton.autotune(dgrad_configs(), _DGRAD_KEY)(_conv2d_bwd_input_kernel)
 _conv2d_dgrad_tuned_ieee = triton.autotune(dgrad_configs(ieee=True), _DGRAD_KEY)(
     _conv2d_bwd_input_kernel
 )
-_conv2d_wgrad_tuned = triton.autotune(wgrad_configs(), _WGRAD_KEY)(_conv2d_bwd_weight_kernel)
-_conv2d_wgrad_tuned_ieee = triton.autotune(wgrad_configs(ieee=True), _WGRAD_KEY)(
-    _conv2d_bwd_weight_kernel
-)
 
 
 # --------------------------------------------------------------------------- launchers
-
-
-# Hardware grid limits (CUDA): axis 0 below 2**31, axes 1 and 2 at most 65,535.
-MAX_GRID = (2**31 - 1, 65_535, 65_535)
-
-
-def _checked_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
-    """``grid``, or a ValueError naming the axis that passes its hardware limit."""
-    for axis, (size, limit) in enumerate(zip(grid, MAX_GRID, strict=False)):
-        if size > limit:
-            raise ValueError(
-                f"{what}: grid axis {axis} needs {size} programs, past the limit of {limit}"
-            )
-    return grid
-
-
-def needs_int64(pixels: int, *tensors: Tensor) -> bool:
-    """Whether a kernel must do its pixel and offset math in int64 (``INDEX_64``).
-
-    ``pixels`` is the flattened pixel count the kernel walks (N*P*Q, or N*H*W for dgrad).
-    Conservative by a factor of two: a tile or split-K slice past the end (a masked lane, or
-    ``row_start + rows_per_split``) stays below 2**31 too, so a masked lane cannot wrap round
-    to a negative index that its mask would accept.
-    """
-    largest = max([pixels, *(element_span(t) for t in tensors)])
-    return 2 * largest + 4096 >= 2**31
-
-
-def _launch(tuned, kernel, config: triton.Config | None, grid, args, meta) -> None:
-    """Launch through the autotuner, or with exactly ``config`` (tests run every config)."""
-    if config is None:
-        tuned[grid](*args, **meta)
-    else:
-        kernel[grid](
-            *args, **meta, **config.kwargs,
-            num_warps=config.num_warps, num_stages=config.num_stages,
-        )  # fmt: skip
-
-
-def _input_precision(dtype: torch.dtype) -> str:
-    """tf32 for fp32 exactly when cuDNN may use it; fp16/bf16 dots are unaffected."""
-    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
-        return "ieee"
-    return "tf32"
 
 
 def _empty_like_format(shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -552,11 +356,6 @@ def _empty_like_format(shape: tuple[int, ...], like: Tensor) -> Tensor:
     return alloc.empty(
         shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like)
     )
-
-
-def _relu_output_or_placeholder(relu_output: Tensor | None, grad_y: Tensor) -> Tensor:
-    """The saved output for the ReLU mask, or ``grad_y`` as an unread stand-in pointer."""
-    return grad_y if relu_output is None else relu_output
 
 
 def conv2d_fwd(
@@ -586,9 +385,9 @@ def conv2d_fwd(
 
     def grid(meta):
         grid = triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"])
-        return _checked_grid(grid, "conv2d forward")
+        return checked_grid(grid, "conv2d forward")
 
-    precision = _input_precision(x.dtype)
+    precision = input_precision(x.dtype)
     tuned = _conv2d_fwd_tuned_ieee if precision == "ieee" else _conv2d_fwd_tuned
     args = (
         x, weight, b, y,
@@ -599,14 +398,13 @@ def conv2d_fwd(
         R=r, S=s, HAS_BIAS=bias is not None, APPLY_RELU=apply_relu,
         INPUT_PRECISION=precision, INDEX_64=needs_int64(n * p * q, x, weight, y),
     )  # fmt: skip
-    _launch(tuned, _conv2d_fwd_kernel, config, grid, args, meta)
+    launch(tuned, _conv2d_fwd_kernel, config, grid, args, meta)
     return y
 
 
 def conv2d_bwd_input(
     grad_y: Tensor,
     weight: Tensor,
-    relu_output: Tensor | None,
     input_shape: torch.Size | tuple[int, int, int, int],
     stride: Pair,
     padding: Pair,
@@ -615,8 +413,8 @@ def conv2d_bwd_input(
 ) -> Tensor:
     """grad_x (N, C, H, W) of the conv from grad_y (N, K, P, Q) and weight (K, C, R, S).
 
-    ``relu_output`` is the forward output y when the ReLU was fused (grad_y is zeroed where
-    y <= 0 inside the kernel), else None. grad_x takes grad_y's memory format.
+    ``grad_y`` has a fused ReLU's mask already applied (:func:`relu_grad`). grad_x takes
+    grad_y's memory format.
     """
     n, c, h, w = input_shape
     k, _, r, s = weight.shape
@@ -626,7 +424,6 @@ def conv2d_bwd_input(
         return grad_x
     if grad_y.numel() == 0:
         return grad_x.zero_()
-    y = _relu_output_or_placeholder(relu_output, grad_y)
     pixels_per_phase = n * triton.cdiv(h, stride[0]) * triton.cdiv(w, stride[1])
 
     def grid(meta):
@@ -634,104 +431,27 @@ def conv2d_bwd_input(
             triton.cdiv(pixels_per_phase, meta["BLOCK_M"]) * stride[0] * stride[1],
             triton.cdiv(c, meta["BLOCK_N"]),
         )
-        return _checked_grid(grid, "conv2d input gradient")
+        return checked_grid(grid, "conv2d input gradient")
 
-    precision = _input_precision(grad_y.dtype)
+    precision = input_precision(grad_y.dtype)
     tuned = _conv2d_dgrad_tuned_ieee if precision == "ieee" else _conv2d_dgrad_tuned
     args = (
-        grad_y, weight, y, grad_x,
+        grad_y, weight, grad_x,
         n, c, h, w, k, p, q, *stride, *padding, *dilation,
-        *grad_y.stride(), *weight.stride(), *y.stride(), *grad_x.stride(),
+        *grad_y.stride(), *weight.stride(), *grad_x.stride(),
     )  # fmt: skip
     meta = dict(
-        R=r, S=s, RELU_MASK=relu_output is not None, INPUT_PRECISION=precision,
-        INDEX_64=needs_int64(pixels_per_phase, grad_y, weight, y, grad_x),
+        R=r, S=s, INPUT_PRECISION=precision,
+        INDEX_64=needs_int64(pixels_per_phase, grad_y, weight, grad_x),
     )  # fmt: skip
-    _launch(tuned, _conv2d_bwd_input_kernel, config, grid, args, meta)
+    launch(tuned, _conv2d_bwd_input_kernel, config, grid, args, meta)
     return grad_x
 
 
-def wgrad_split(rows: int, weight_numel: int) -> int:
-    """How many programs share the N*P*Q reduction of wgrad (split-K), at least 1."""
-    weight_numel = max(1, weight_numel)
-    by_rows = triton.cdiv(rows, WGRAD_ROWS_PER_SPLIT)
-    by_workspace = WGRAD_MAX_WORKSPACE // weight_numel
-    by_programs = WGRAD_TARGET_PROGRAMS * WGRAD_NOMINAL_TILE // weight_numel
-    return max(1, min(by_rows, by_workspace, by_programs, MAX_GRID[2]))
+def relu_grad(grad_y: Tensor, relu_output: Tensor) -> Tensor:
+    """``grad_y`` where the fused ReLU's output ``relu_output > 0`` (or NaN), else 0.
 
-
-def wgrad_partition(rows: int, weight_numel: int, split: int | None = None) -> tuple[int, int]:
-    """(rows per program, programs) of wgrad's split-K over ``rows`` = N*P*Q output pixels.
-
-    ``split`` asks for that many programs (tests pass it to take the split and the no-split
-    path on any device); None lets :func:`wgrad_split` choose. Every program gets
-    ``cdiv(rows, split)`` consecutive rows, the last one the remainder, and none is empty, so
-    fewer programs run when ``split`` does not fit ``rows`` (10 rows with split=4: 3 + 3 + 3
-    + 1 rows, 4 programs; with split=6: 2 rows each, 5 programs). ``rows`` must be positive.
+    torch's threshold_backward: the gradient passes where y is NaN. Computed once per
+    backward for both gradient kernels, in grad_y's memory format.
     """
-    if split is None:
-        split = wgrad_split(rows, weight_numel)
-    elif split < 1:
-        raise ValueError(f"split must be at least 1, got split={split}")
-    # The split is grid axis 2: at most 65,535 programs, whatever was asked for.
-    rows_per_split = triton.cdiv(rows, min(split, rows, MAX_GRID[2]))
-    return rows_per_split, triton.cdiv(rows, rows_per_split)
-
-
-def conv2d_bwd_weight(
-    grad_y: Tensor,
-    x: Tensor,
-    relu_output: Tensor | None,
-    weight_shape: torch.Size | tuple[int, int, int, int],
-    stride: Pair,
-    padding: Pair,
-    dilation: Pair,
-    need_bias_grad: bool,
-    split: int | None = None,
-    config: triton.Config | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """(grad_w (K, C, R, S), grad_b (K,) or None) from grad_y (N, K, P, Q) and x (N, C, H, W).
-
-    ``relu_output`` is the forward output y when the ReLU was fused, else None. The N*P*Q
-    reduction is split across programs into an fp32 workspace, then summed and cast to x's
-    dtype; ``split`` overrides the number of programs (see :func:`wgrad_partition`) and
-    ``config`` the autotuner's choice of config.
-    """
-    n, c, h, w = x.shape
-    k, _, r, s = weight_shape
-    p, q = grad_y.shape[2:]
-    rows = n * p * q
-    crs = c * r * s
-    if rows == 0 or k * crs == 0:  # an empty reduction or an empty weight
-        grad_w = alloc.zeros((k, c, r, s), dtype=x.dtype, device=x.device)
-        grad_b = alloc.zeros((k,), dtype=x.dtype, device=x.device) if need_bias_grad else None
-        return grad_w, grad_b
-    rows_per_split, split = wgrad_partition(rows, k * crs, split)
-    # Every element of the workspaces is written by exactly one program: no zero-fill needed.
-    grad_w_parts = alloc.empty((split, k, crs), dtype=torch.float32, device=x.device)
-    grad_b_parts = (  # with no bias gradient, an unwritten stand-in pointer
-        alloc.empty((split, k), dtype=torch.float32, device=x.device)
-        if need_bias_grad
-        else grad_w_parts
-    )
-    y = _relu_output_or_placeholder(relu_output, grad_y)
-
-    def grid(meta):
-        grid = triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(crs, meta["BLOCK_N"]), split
-        return _checked_grid(grid, "conv2d weight gradient")
-
-    precision = _input_precision(x.dtype)
-    tuned = _conv2d_wgrad_tuned_ieee if precision == "ieee" else _conv2d_wgrad_tuned
-    args = (
-        grad_y, x, y, grad_w_parts, grad_b_parts,
-        n, c, h, w, k, p, q, *stride, *padding, *dilation, rows_per_split,
-        *grad_y.stride(), *x.stride(), *y.stride(),
-    )  # fmt: skip
-    meta = dict(
-        R=r, S=s, RELU_MASK=relu_output is not None, BIAS_GRAD=need_bias_grad,
-        INPUT_PRECISION=precision, INDEX_64=needs_int64(rows, grad_y, x, y, grad_w_parts),
-    )  # fmt: skip
-    _launch(tuned, _conv2d_bwd_weight_kernel, config, grid, args, meta)
-    grad_w = grad_w_parts.sum(0).view(k, c, r, s).to(x.dtype)
-    grad_b = grad_b_parts.sum(0).to(x.dtype) if need_bias_grad else None
-    return grad_w, grad_b
+    return torch.where(relu_output <= 0, 0.0, grad_y)

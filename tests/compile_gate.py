@@ -174,7 +174,6 @@ def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
     x = _tensor((shape.n, shape.c, shape.h, shape.w), dtype, layout)
     w = _tensor((shape.k, shape.c, shape.r, shape.s), dtype, layout)
     b = torch.empty(shape.k, dtype=dtype)
-    y = _tensor((shape.n, shape.k, p, q), dtype, layout)
     grad_y = _tensor((shape.n, shape.k, p, q), dtype, layout)
     geometry = (shape.stride, shape.padding, shape.dilation)
     out = []
@@ -182,10 +181,10 @@ def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
     with _tf32(dtype_name != "fp32"):
         for op, call in (
             ("conv_fwd", lambda: conv2d.conv2d_fwd(x, w, b, *geometry, (p, q), True)),
-            ("conv_dgrad", lambda: conv2d.conv2d_bwd_input(grad_y, w, y, x.shape, *geometry)),
+            ("conv_dgrad", lambda: conv2d.conv2d_bwd_input(grad_y, w, x.shape, *geometry)),
             (
                 "conv_wgrad",
-                lambda: conv2d.conv2d_bwd_weight(grad_y, x, y, w.shape, *geometry, True),
+                lambda: conv2d.conv2d_bwd_weight(grad_y, x, w.shape, *geometry, True),
             ),
         ):
             with intercept_launches() as records:

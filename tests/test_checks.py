@@ -103,7 +103,7 @@ def drop_wgrad_partial_sums(monkeypatch, split: int, kept: list[int]) -> None:
     """
     real = conv2d_kernels.conv2d_bwd_weight
 
-    def broken(grad_y, x, relu_output, weight_shape, *args, **kwargs):
+    def broken(grad_y, x, weight_shape, *args, **kwargs):
         n, _, p, q = grad_y.shape
         rows_per_split, programs = conv2d_kernels.wgrad_partition(
             n * p * q, weight_shape.numel(), split
@@ -113,7 +113,7 @@ def drop_wgrad_partial_sums(monkeypatch, split: int, kept: list[int]) -> None:
         for z in kept:
             keep[z * rows_per_split : (z + 1) * rows_per_split] = 1
         masked = grad_y * keep.view(n, 1, p, q)
-        return real(masked, x, relu_output, weight_shape, *args, **{**kwargs, "split": split})
+        return real(masked, x, weight_shape, *args, **{**kwargs, "split": split})
 
     monkeypatch.setattr(conv2d_kernels, "conv2d_bwd_weight", broken)
 

@@ -16,6 +16,7 @@ from conftest import DEVICE, requires_compiled_bf16_dot, requires_cuda_tf32
 from fastconv import backend
 from fastconv.functional import conv2d, conv2d_bias_relu
 from fastconv.kernels import conv2d as conv2d_kernels
+from fastconv.kernels import conv2d_wgrad, launch
 
 # (N, C, H, W, K, R, S, stride, padding, dilation, layout)
 SHAPES = [
@@ -184,7 +185,7 @@ def test_empty_batch(triton_backend):
 )
 def test_fp32_dot_precision_follows_cudnn_allow_tf32(monkeypatch, dtype, allow_tf32, expected):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
-    assert conv2d_kernels._input_precision(dtype) == expected
+    assert launch.input_precision(dtype) == expected
 
 
 # The backward kernels called directly (their index paths do not depend on the op around
@@ -300,9 +301,9 @@ def test_dgrad_stride_phases_match_torch(
     x, weight, grad_y, relu_output, x64, _, conv64, g64 = conv_operands(
         n, c, h, w, k, r, s, stride, padding, dil, dtype, relu
     )
-    grad_x = conv2d_kernels.conv2d_bwd_input(
-        grad_y, weight, relu_output, x.shape, stride, padding, dil
-    )
+    if relu:
+        grad_y = conv2d_kernels.relu_grad(grad_y, relu_output)
+    grad_x = conv2d_kernels.conv2d_bwd_input(grad_y, weight, x.shape, stride, padding, dil)
     (expected,) = torch.autograd.grad(conv64, x64, g64)
     assert grad_x.dtype == dtype and grad_x.shape == x.shape
     assert_close(grad_x.cpu(), expected, k * r * s, atol, rtol, "grad input")
@@ -329,12 +330,14 @@ WGRAD_ROWS = 80
 def test_wgrad_split_k_matches_torch(split, relu, bias_grad, dtype, atol, rtol):
     n, c, h, w, k, r, s, stride, padding, dil = WGRAD_SHAPE
     x, _, grad_y, relu_output, _, w64, conv64, g64 = conv_operands(*WGRAD_SHAPE, dtype, relu)
+    if relu:
+        grad_y = conv2d_kernels.relu_grad(grad_y, relu_output)
     p, q = grad_y.shape[2:]
     assert n * p * q == WGRAD_ROWS
     # the requested split is the one that runs
     assert conv2d_kernels.wgrad_partition(WGRAD_ROWS, k * c * r * s, split)[1] == split
     grad_w, grad_b = conv2d_kernels.conv2d_bwd_weight(
-        grad_y, x, relu_output, (k, c, r, s), stride, padding, dil, bias_grad, split=split
+        grad_y, x, (k, c, r, s), stride, padding, dil, bias_grad, split=split
     )
     (expected_w,) = torch.autograd.grad(conv64, w64, g64)
     assert grad_w.dtype == dtype and grad_w.shape == (k, c, r, s)
@@ -372,9 +375,9 @@ def test_wgrad_split_policy(rows, weight_numel):
     split = conv2d_kernels.wgrad_split(rows, weight_numel)
     assert split >= 1
     if split > 1:
-        assert (split - 1) * conv2d_kernels.WGRAD_ROWS_PER_SPLIT < rows
-        assert split * weight_numel <= conv2d_kernels.WGRAD_MAX_WORKSPACE
-        nominal_tiles = conv2d_kernels.WGRAD_TARGET_PROGRAMS * conv2d_kernels.WGRAD_NOMINAL_TILE
+        assert (split - 1) * conv2d_wgrad.WGRAD_ROWS_PER_SPLIT < rows
+        assert split * weight_numel <= conv2d_wgrad.WGRAD_MAX_WORKSPACE
+        nominal_tiles = conv2d_wgrad.WGRAD_TARGET_PROGRAMS * conv2d_wgrad.WGRAD_NOMINAL_TILE
         assert split * weight_numel <= nominal_tiles
     rows_per_split, programs = conv2d_kernels.wgrad_partition(rows, weight_numel)
     assert programs <= split and (programs - 1) * rows_per_split < rows <= programs * rows_per_split

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from conftest import DEVICE
 
 from fastconv.kernels import conv2d as ck
+from fastconv.kernels import conv2d_wgrad as wk
+from fastconv.kernels import launch as lk
 from fastconv.kernels import pool2d as pk
 
 META = torch.device("meta")
@@ -34,7 +36,8 @@ class Launches:
 @pytest.fixture
 def conv_launches(monkeypatch) -> Launches:
     launches = Launches()
-    monkeypatch.setattr(ck, "_launch", launches)
+    monkeypatch.setattr(ck, "launch", launches)
+    monkeypatch.setattr(wk, "launch", launches)
     return launches
 
 
@@ -43,7 +46,7 @@ def conv_configs(kernel):
     factory = {
         ck._conv2d_fwd_kernel: ck.fwd_configs,
         ck._conv2d_bwd_input_kernel: ck.dgrad_configs,
-        ck._conv2d_bwd_weight_kernel: ck.wgrad_configs,
+        wk._conv2d_bwd_weight_kernel: wk.wgrad_configs,
     }[kernel]
     return [cfg for ieee in (False, True) for cfg in factory(ieee=ieee, interpreter=False)]
 
@@ -66,8 +69,8 @@ def run_conv_launchers(n, c, h, w, k, r, s, stride, padding=(0, 0), dtype=torch.
     weight = torch.empty(k, c, r, s, device=META, dtype=dtype)
     bias = torch.empty(k, device=META, dtype=dtype)
     y = ck.conv2d_fwd(x, weight, bias, stride, padding, (1, 1), (p, q), True)
-    ck.conv2d_bwd_input(y, weight, y, x.shape, stride, padding, (1, 1))
-    ck.conv2d_bwd_weight(y, x, y, weight.shape, stride, padding, (1, 1), True)
+    ck.conv2d_bwd_input(y, weight, x.shape, stride, padding, (1, 1))
+    ck.conv2d_bwd_weight(y, x, weight.shape, stride, padding, (1, 1), True)
     return p, q
 
 
@@ -99,7 +102,7 @@ def test_conv_grids_within_hardware_limits_for_every_config(
             assert grids[0] == (math.ceil(per_phase / bm) * phases, math.ceil(c / bn))
     # wgrad: the split programs cover all N*P*Q rows
     args, meta = wgrad[2], wgrad[3]
-    rows_per_split = args[18]
+    rows_per_split = args[17]
     split = wgrad[1]({**meta, "BLOCK_M": 64, "BLOCK_N": 64})[2]
     assert split <= MAX_GRID[2]
     assert rows_per_split * split >= n * p * q > rows_per_split * (split - 1)
@@ -118,7 +121,7 @@ def test_channel_counts_past_the_grid_y_limit_raise_a_clear_error(conv_launches)
 @pytest.mark.parametrize("split", [None, 10**6])
 def test_wgrad_split_never_passes_grid_axis_2(conv_launches, monkeypatch, split):
     # the shape of the issue: 128 * 512 * 512 rows over a 54-element weight asked for 65,536
-    monkeypatch.setattr(ck, "WGRAD_ROWS_PER_SPLIT", 512)
+    monkeypatch.setattr(wk, "WGRAD_ROWS_PER_SPLIT", 512)
     rows = 128 * 512 * 512
     assert ck.wgrad_split(rows, 2 * 3 * 3 * 3) <= 65_535
     rows_per_split, programs = ck.wgrad_partition(rows, 2 * 3 * 3 * 3, split)
@@ -161,6 +164,7 @@ def forced_int64(monkeypatch):
         return True
 
     monkeypatch.setattr(ck, "needs_int64", always)
+    monkeypatch.setattr(wk, "needs_int64", always)
     return seen
 
 
@@ -258,7 +262,7 @@ def run_programs(monkeypatch):
 
     def run(launch, full_grid, first):
         kernel, _, args, meta = launch
-        config = ck._INTERPRETER_CONFIGS[0]
+        config = lk.INTERPRETER_CONFIGS[0]
         first = tuple(first) + (0,) * (3 - len(first))
         full = tuple(full_grid) + (1,) * (3 - len(full_grid))
         part = tuple(f - s for f, s in zip(full, first, strict=True))
@@ -296,7 +300,7 @@ def pixel_index(first_pixel):
 
 
 def last_two_tiles():
-    block = ck._INTERPRETER_CONFIGS[0].kwargs["BLOCK_M"]
+    block = lk.INTERPRETER_CONFIGS[0].kwargs["BLOCK_M"]
     tiles = math.ceil(BIG_PIXELS / block)
     return tiles, (tiles - 2) * block
 
@@ -314,9 +318,7 @@ def test_last_tiles_past_2_31_pixels(conv_launches, run_programs, op):
             out = ck.conv2d_fwd(x, weight, bias, (1, 1), (0, 0), (1, 1), (HW, HW), True)
         else:
             grad_y = expanded(3, HW, HW)
-            out = ck.conv2d_bwd_input(
-                grad_y, weight, None, (BIG_N, 2, HW, HW), (1, 1), (0, 0), (1, 1)
-            )
+            out = ck.conv2d_bwd_input(grad_y, weight, (BIG_N, 2, HW, HW), (1, 1), (0, 0), (1, 1))
     (launch,) = conv_launches.calls
     assert launch[3]["INDEX_64"] and BIG_PIXELS > 2**31
     tiles, first_pixel = last_two_tiles()
@@ -339,11 +341,11 @@ def test_last_tiles_past_2_31_pixels(conv_launches, run_programs, op):
 def test_wgrad_last_split_past_2_31_rows(conv_launches, run_programs):
     """The last split-K program of a wgrad over 2.15e9 rows sums exactly its rows."""
     grad_y, x = expanded(2, HW, HW), expanded(3, HW, HW)
-    ck.conv2d_bwd_weight(grad_y, x, None, (2, 3, 1, 1), (1, 1), (0, 0), (1, 1), True)
+    ck.conv2d_bwd_weight(grad_y, x, (2, 3, 1, 1), (1, 1), (0, 0), (1, 1), True)
     (launch,) = conv_launches.calls
     _, grid, args, meta = launch
     assert meta["INDEX_64"]
-    rows_per_split, parts_w, parts_b = args[18], args[3], args[4]
+    rows_per_split, parts_w, parts_b = args[17], args[2], args[3]
     split = parts_w.shape[0]
     assert split <= 65_535 and rows_per_split * (split - 1) < BIG_PIXELS <= rows_per_split * split
     run_programs(launch, (1, 1, split), (0, 0, split - 1))

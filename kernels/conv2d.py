@@ -1,18 +1,20 @@
-"""Fused conv2d + bias + ReLU as Triton implicit-GEMM kernels, forward and backward.
+"""Fused conv2d + bias + ReLU as Triton implicit-GEMM kernels: forward and input gradient.
 
-Three kernels, each a tiled matrix product whose operands are gathered straight from the
-4-D tensors (all four strides passed, so NCHW, channels_last and strided views work
-without a copy), accumulating in fp32 and casting on store:
+One kernel, :func:`_implicit_gemm_kernel`, computes both on channels-last (NHWC) operands,
+accumulating in fp32 and casting on store:
 
 * forward: ``y = relu?(conv2d(x, w) + b)``; M = N*P*Q output pixels, N = K output
-  channels, reduction = C*R*S (one loop over taps r, s and C in BLOCK_K chunks).
-* dgrad: ``grad_x``; M = N*H*W input pixels, N = C input channels, reduction = K*R*S.
-  Pixels are grouped by their stride phase (h mod stride_h, w mod stride_w), so every
-  (r, s) tap either hits a whole tile or none of it, and the misses are skipped: no work
-  is wasted on stride > 1.
-* wgrad: ``grad_w`` (and ``grad_b`` in the same pass); M = K, N = C*R*S, reduction =
-  N*P*Q split across programs (split-K) into an fp32 workspace summed afterwards, which
-  keeps the result deterministic.
+  channels, reduction = (r, s) taps x C channels in BLOCK_K chunks.
+* dgrad: ``grad_x``; M = the input pixels of one stride phase (h mod stride_h, w mod
+  stride_w), N = C input channels, reduction = the taps that hit that phase x K channels.
+  Every step is a whole tile: no tap is tested or skipped inside the loop at stride > 1.
+
+The weight gradient is :mod:`fastconv.kernels.conv2d_wgrad`. Channels are the contiguous
+axis of every operand, so the main loop's loads are 16-byte vectors that Triton turns into
+asynchronous copies (cp.async / LDGSTS) into a 3-4 stage shared-memory ring feeding wgmma
+(sm_90) or mma.sync (sm_80). NCHW tensors are read through one channels-last copy and NCHW
+results written through one: an NCHW loader/storer in the kernel gathers 2-byte elements
+and kept the loop synchronous (see docs/decisions.md for the figures).
 
 When the ReLU was fused, :func:`relu_grad` masks ``grad_y`` once (where the saved output
 ``y <= 0``) for both backward kernels. NaN follows torch: ``relu(NaN) = NaN`` and the
@@ -22,10 +24,13 @@ fp32 inputs use tf32 tensor cores exactly when ``torch.backends.cudnn.allow_tf32
 (as cuDNN does) and IEEE fp32 otherwise. Batch offsets are always int64; when a pixel count
 or a tensor's element span can pass 2**31 (:func:`needs_int64`), the launchers set
 ``INDEX_64`` and every pixel and channel index is int64 too (int32 otherwise: fewer
-registers). Every grid axis stays within CUDA's limits (x < 2**31, y and z <= 65,535).
+registers). The grid is one axis (below 2**31 programs, checked).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 import triton
@@ -48,14 +53,14 @@ from fastconv.kernels.launch import (
     needs_int64,
     tile_config,
 )
-from fastconv.kernels.layout import memory_format_of
+from fastconv.kernels.layout import memory_format_of, nhwc, nhwc_strides
 
 __all__ = [
     "conv2d_bwd_input",
     "conv2d_bwd_weight",
     "conv2d_fwd",
-    "dgrad_configs",
-    "fwd_configs",
+    "conv_configs",
+    "dot_kind",
     "needs_int64",
     "relu_grad",
     "wgrad_configs",
@@ -67,88 +72,95 @@ Pair = tuple[int, int]
 
 # --------------------------------------------------------------------------- autotune configs
 
+# (BLOCK_M pixels, BLOCK_N output channels, BLOCK_K reduction channels, stages, warps) per
+# dot kind. One warpgroup (4 warps) per tile, so a 64xN tile is one wgmma of width N on
+# sm_90: N = 128 tiles for the channel counts of real networks (64-512), narrow ones for few
+# output channels (a 3-channel dgrad, a 32-channel stem), which the pruner keeps only there.
+TILES = {
+    "fp16": [  # fp16 and bf16
+        (128, 128, 32, 4, 4),
+        (64, 128, 64, 4, 4),
+        (128, 64, 64, 4, 4),
+        (64, 64, 64, 4, 4),
+        (64, 32, 32, 4, 4),
+    ],
+    "tf32": [  # half the fp16 BLOCK_K: the same bytes per stage; 128x128 spilled (4 warps)
+        (64, 128, 32, 4, 4),
+        (128, 64, 32, 4, 4),
+        (64, 64, 32, 4, 4),
+        (64, 32, 16, 4, 4),
+    ],
+    "ieee": [  # fp32 with tf32 off: FMA dots keep operands in registers, small tiles
+        (64, 64, 16, 3, 4),
+        (64, 32, 16, 4, 4),
+    ],
+}
 
-# IEEE fp32 dots run on FMA units and hold more registers per tile: BLOCK_K 16 avoids spills.
-_IEEE_BLOCK_K = 16
 
-
-# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps) per kernel.
-# 4 warps leave each thread twice the tile of 8: the old 128x64 and 64x128 tiles spilled
-# (up to 344 bytes of stack, compile gate), so the big tiles are 64x64 now.
-FWD_TILES = [  # output pixels, output channels, input channels
-    (64, 64, 16, 3, 4),
-    (64, 32, 32, 4, 4),  # small layers
-    (32, 64, 32, 4, 4),  # few pixels, many output channels (deep layers)
-]
-DGRAD_TILES = [  # input pixels, input channels, output channels
-    (64, 64, 16, 3, 4),
-    (64, 32, 16, 4, 4),
-    (32, 64, 16, 4, 4),
-]
-
-
-def _configs(
-    tiles: list[tuple[int, int, int, int, int]], ieee: bool, interpreter: bool
-) -> list[triton.Config]:
+def conv_configs(kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER) -> list[triton.Config]:
+    """Configs of the implicit-GEMM kernel (forward and dgrad share it) for a dot ``kind``:
+    "fp16" (fp16 and bf16), "tf32" or "ieee" (fp32 with tf32 off). ``interpreter=False``
+    gives the GPU list even under the interpreter (tests run every config)."""
     if interpreter:
         return INTERPRETER_CONFIGS
-    return [
-        tile_config(m, n, min(k, _IEEE_BLOCK_K) if ieee else k, s, w) for m, n, k, s, w in tiles
-    ]
+    return [tile_config(*tile) for tile in TILES[kind]]
 
 
-def fwd_configs(ieee: bool = False, interpreter: bool = TRITON_INTERPRETER) -> list[triton.Config]:
-    """Forward configs; ``interpreter=False`` gives the GPU list even under the interpreter."""
-    return _configs(FWD_TILES, ieee, interpreter)
+def dot_kind(dtype: torch.dtype) -> str:
+    """The config list a dtype uses: "fp16" (fp16, bf16), "tf32" or "ieee" (fp32)."""
+    if dtype != torch.float32:
+        return "fp16"
+    return input_precision(dtype)
 
 
-def dgrad_configs(
-    ieee: bool = False, interpreter: bool = TRITON_INTERPRETER
-) -> list[triton.Config]:
-    """dgrad configs; ``interpreter=False`` gives the GPU list even under the interpreter."""
-    return _configs(DGRAD_TILES, ieee, interpreter)
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Drop the tiles much wider than the output channels (their columns would be padding)."""
+    cout = named_args["COUT"]
+    return [c for c in configs if c.kwargs["BLOCK_N"] <= max(32, 2 * cout)] or configs
 
 
-# --------------------------------------------------------------------------- kernels
+# --------------------------------------------------------------------------- kernel
 
 
 @triton.jit
-def _conv2d_fwd_kernel(
+def _implicit_gemm_kernel(
     # pointers
-    x_ptr,
-    w_ptr,
+    a_ptr,
     b_ptr,
-    y_ptr,
+    bias_ptr,
+    out_ptr,
+    taps_ptr,
     # shapes
     N,
-    C,
-    H,
-    W,
-    K,
-    P,
-    Q,
-    stride_h,
-    stride_w,
-    pad_h,
-    pad_w,
-    dil_h,
-    dil_w,
-    # strides
-    stride_xn,
-    stride_xc,
-    stride_xh,
-    stride_xw,
-    stride_wk,
-    stride_wc,
-    stride_wr,
-    stride_ws,
-    stride_yn,
-    stride_yk,
-    stride_yp,
-    stride_yq,
+    ROWS_H,
+    ROWS_W,
+    A_H,
+    A_W,
+    CIN,
+    COUT,
+    OUT_H,
+    OUT_W,
+    PHASES,
+    # geometry
+    row_step_h,
+    row_step_w,
+    tap_step_h,
+    tap_step_w,
+    weight_step_r,
+    weight_step_s,
+    out_step_h,
+    out_step_w,
+    # strides (a, b and out are dense channels-last: channel stride 1)
+    stride_an,
+    stride_ah,
+    stride_aw,
+    stride_bo,
+    stride_br,
+    stride_bs,
+    stride_on,
+    stride_oh,
+    stride_ow,
     # meta-parameters
-    R: tl.constexpr,
-    S: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     APPLY_RELU: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -157,195 +169,118 @@ def _conv2d_fwd_kernel(
     BLOCK_K: tl.constexpr,
     INDEX_64: tl.constexpr = False,
 ):
-    """y (N, K, P, Q) = relu?(conv2d(x (N, C, H, W), w (K, C, R, S)) + b (K,)).
+    """out (N, COUT, OUT_H, OUT_W) = relu?(sum over taps of a[tap-shifted rows] @ b[tap] + bias).
 
-    P = (H + pad_top + pad_bottom - dil_h*(R-1) - 1) // stride_h + 1 (likewise Q); the
-    bottom/right padding is implied by P, Q. Grid: (cdiv(N*P*Q, BLOCK_M), cdiv(K, BLOCK_N)).
+    One implicit GEMM for the forward and the input gradient, on NHWC operands:
+    a (N, A_H, A_W, CIN) channels-contiguous, b (COUT, R, S, CIN) channels-contiguous. A
+    program computes a (BLOCK_M rows x BLOCK_N output channels) tile, a row being the pixel
+    (n, i, j) of an (N, ROWS_H, ROWS_W) grid. Its taps come from row ``phase`` of the int32
+    table ``taps_ptr`` (PHASES, 8): (r0, count_r, h0, s0, count_s, w0, out_h0, out_w0). Tap
+    (t, u), 0 <= t < count_r, 0 <= u < count_s, multiplies the a pixel at
+        h = i*row_step_h + h0 + t*tap_step_h,   w = j*row_step_w + w0 + u*tap_step_w
+    (zero outside 0 <= h < A_H, 0 <= w < A_W) by the weight tap
+        (r0 + t*weight_step_r, s0 + u*weight_step_s),
+    and the row's result goes to out[n, :, out_h0 + i*out_step_h, out_w0 + j*out_step_w]
+    where that is inside (OUT_H, OUT_W).
+
+    Forward: a = x, b = w as (K, R, S, C), rows = output pixels (n, p, q), one phase
+    (0, R, -pad_h, 0, S, -pad_w, 0, 0), row steps = stride, tap steps = dilation.
+    dgrad: a = grad_y, b = w as (C, R, S, K), rows = the input pixels of one stride phase
+    (h = out_h0 + i*stride_h), taps = the (r, s) whose stride phase hits it (a progression),
+    so no tap is skipped inside the loop and every step is a full tile.
+
+    The main loop walks (t, u, channel chunk) with counters advanced by adds and compares:
+    no division; a row's address is its base plus one scalar per tap. Grid: one axis,
+    cdiv(N*ROWS_H*ROWS_W, BLOCK_M) * PHASES * cdiv(COUT, BLOCK_N) programs, channel tiles
+    fastest (they share the a rows in L2), then phases.
     """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    if INDEX_64:  # N*P*Q or an offset within one sample can pass 2**31: pixel math in i64
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(COUT, BLOCK_N)
+    pid_n = pid % n_tiles
+    pid_mp = pid // n_tiles
+    phase = pid_mp % PHASES
+    pid_m = pid_mp // PHASES
+    taps = taps_ptr + phase * 8
+    r0 = tl.load(taps)
+    count_r = tl.load(taps + 1)
+    h0 = tl.load(taps + 2)
+    s0 = tl.load(taps + 3)
+    count_s = tl.load(taps + 4)
+    w0 = tl.load(taps + 5)
+    out_h0 = tl.load(taps + 6)
+    out_w0 = tl.load(taps + 7)
+
+    if INDEX_64:  # a pixel count or an offset within one sample can pass 2**31
         pid_m = pid_m.to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixel (n, p, q), flattened
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel k
-    offs_k = tl.arange(0, BLOCK_K)  # input channel c within a chunk
-    if INDEX_64:  # channel * channel-stride can pass 2**31 within one sample too
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # row (n, i, j), flattened
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel
+    offs_k = tl.arange(0, BLOCK_K)  # reduction channel within a chunk
+    if INDEX_64:
         offs_n = offs_n.to(tl.int64)
-        offs_k = offs_k.to(tl.int64)
-    q = offs_m % Q
-    p = (offs_m // Q) % P
-    n = (offs_m // Q // P).to(tl.int64)
-    mask_m = n < N  # offs_m < N*P*Q without forming the product, which can pass 2**31
-    mask_n = offs_n < K
-    x_base = x_ptr + n * stride_xn
-    h0 = p * stride_h - pad_h
-    w0 = q * stride_w - pad_w
+    j = offs_m % ROWS_W
+    i = (offs_m // ROWS_W) % ROWS_H
+    n = (offs_m // ROWS_W // ROWS_H).to(tl.int64)
+    mask_m = n < N  # offs_m < N*ROWS_H*ROWS_W without forming the product
+    mask_n = offs_n < COUT
+    # Tap (t, u) reads a[n, h_row + dh, w_row + dw] with the scalar (dh, dw) of the tap.
+    h_row = i * row_step_h + h0
+    w_row = j * row_step_w + w0
+    a_rows = a_ptr + n * stride_an + h_row * stride_ah + w_row * stride_aw
+    b_cols = b_ptr + offs_n * stride_bo + r0 * stride_br + s0 * stride_bs
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # One flat loop over (tap r, s) x (channel chunk), so the pipeliner overlaps loads across
-    # taps too (a 3-channel first layer has a single chunk per tap).
-    c_chunks = tl.cdiv(C, BLOCK_K)
-    for step in range(R * S * c_chunks):
-        tap = step // c_chunks
-        c = (step % c_chunks) * BLOCK_K + offs_k
-        r = tap // S
-        s = tap % S
-        h = h0 + r * dil_h
-        w = w0 + s * dil_w
-        mask_hw = mask_m & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        mask_c = c < C
-        x_offs = (h * stride_xh + w * stride_xw)[:, None] + c[None, :] * stride_xc
-        x_tile = tl.load(
-            x_base[:, None] + x_offs, mask=mask_hw[:, None] & mask_c[None, :], other=0.0
-        )
-        w_offs = r * stride_wr + s * stride_ws + c[:, None] * stride_wc
-        w_tile = tl.load(
-            w_ptr + w_offs + offs_n[None, :] * stride_wk,
-            mask=mask_c[:, None] & mask_n[None, :],
+    if HAS_BIAS:  # the accumulator starts at the bias: no bias registers in the epilogue
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    c_chunks = tl.cdiv(CIN, BLOCK_K)
+    c0 = 0  # channel chunk start
+    t = 0  # tap counters
+    u = 0
+    for _ in range(count_r * count_s * c_chunks):
+        dh = t * tap_step_h
+        dw = u * tap_step_w
+        inside = (h_row >= -dh) & (h_row < A_H - dh) & (w_row >= -dw) & (w_row < A_W - dw)
+        c = c0 + offs_k
+        mask_c = c < CIN
+        a_tap = a_rows + (dh * stride_ah + dw * stride_aw)
+        a_tile = tl.load(
+            a_tap[:, None] + c[None, :],
+            mask=(mask_m & inside)[:, None] & mask_c[None, :],
             other=0.0,
         )
-        acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
+        b_tap = b_cols + (t * weight_step_r * stride_br + u * weight_step_s * stride_bs)
+        b_tile = tl.load(
+            b_tap[None, :] + c[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0
+        )
+        acc = tl.dot(a_tile, b_tile, acc, input_precision=INPUT_PRECISION)
+        # Next (t, u, chunk): carries by compare, no division.
+        c0 += BLOCK_K
+        next_tap = c0 >= CIN
+        c0 = tl.where(next_tap, 0, c0)
+        u += next_tap.to(tl.int32)
+        next_row = u >= count_s
+        u = tl.where(next_row, 0, u)
+        t += next_row.to(tl.int32)
 
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
-        acc += bias.to(tl.float32)[None, :]
     if APPLY_RELU:  # torch's relu keeps NaN; tl.maximum compiles to a NaN-dropping max.f32
         acc = tl.where(acc < 0.0, 0.0, acc)
-    y_offs = n * stride_yn + p * stride_yp + q * stride_yq
-    y_ptrs = y_ptr + y_offs[:, None] + offs_n[None, :] * stride_yk
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    out_h = out_h0 + i * out_step_h
+    out_w = out_w0 + j * out_step_w
+    mask_out = mask_m & (out_h < OUT_H) & (out_w < OUT_W)
+    out_rows = out_ptr + n * stride_on + out_h * stride_oh + out_w * stride_ow
+    out_ptrs = out_rows[:, None] + offs_n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out[:, None] & mask_n[None, :])
 
 
-@triton.jit
-def _conv2d_bwd_input_kernel(
-    # pointers
-    dy_ptr,
-    w_ptr,
-    dx_ptr,
-    # shapes
-    N,
-    C,
-    H,
-    W,
-    K,
-    P,
-    Q,
-    stride_h,
-    stride_w,
-    pad_h,
-    pad_w,
-    dil_h,
-    dil_w,
-    # strides
-    stride_dyn,
-    stride_dyk,
-    stride_dyp,
-    stride_dyq,
-    stride_wk,
-    stride_wc,
-    stride_wr,
-    stride_ws,
-    stride_dxn,
-    stride_dxc,
-    stride_dxh,
-    stride_dxw,
-    # meta-parameters
-    R: tl.constexpr,
-    S: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    INDEX_64: tl.constexpr = False,
-):
-    """grad_x (N, C, H, W) from grad_y (N, K, P, Q) and w (K, C, R, S).
-
-    grad_x[n, c, h, w] = sum_{k, r, s} g[n, k, p, q] * w[k, c, r, s] over the taps with
-    h = p*stride_h - pad_h + r*dil_h (likewise w, q) and 0 <= p < P, 0 <= q < Q, where
-    g = grad_y (a fused ReLU's mask already applied). Grid: (cdiv(N*cdiv(H, stride_h)*
-    cdiv(W, stride_w), BLOCK_M) * stride_h*stride_w, cdiv(C, BLOCK_N)): axis 0 is (pixel
-    tile, stride phase (h mod stride_h, w mod stride_w)), the phase shared by the tile's
-    pixels, so a tap r either divides (h + pad_h - r*dil_h) by stride_h for the whole tile or
-    for none of it.
-    """
-    # Axis 0 holds (pixel tile, phase) with the phase fastest: stride_h*stride_w can pass
-    # the 65,535 limit of grid axes 1 and 2. With stride 1 both divisions fold away.
-    pid = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    phase = pid % (stride_h * stride_w)
-    pid_m = pid // (stride_h * stride_w)
-    phase_h = phase // stride_w
-    phase_w = phase % stride_w
-    H_phase = tl.cdiv(H, stride_h)  # pixels per phase row (an upper bound, masked below)
-    W_phase = tl.cdiv(W, stride_w)
-    if INDEX_64:  # N*H*W or an offset within one sample can pass 2**31: pixel math in i64
-        pid_m = pid_m.to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixel of this phase, flattened
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel c
-    offs_k = tl.arange(0, BLOCK_K)  # output channel k within a chunk
-    if INDEX_64:  # channel * channel-stride can pass 2**31 within one sample too
-        offs_n = offs_n.to(tl.int64)
-        offs_k = offs_k.to(tl.int64)
-    j = offs_m % W_phase
-    i = (offs_m // W_phase) % H_phase
-    n = (offs_m // W_phase // H_phase).to(tl.int64)
-    h = phase_h + i * stride_h
-    w = phase_w + j * stride_w
-    mask_m = (n < N) & (h < H) & (w < W)  # n < N: offs_m < N*H_phase*W_phase, no product
-    mask_n = offs_n < C
-    dy_base = dy_ptr + n * stride_dyn
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # One flat loop over (tap r, s) x (output-channel chunk), as in the forward.
-    k_chunks = tl.cdiv(K, BLOCK_K)
-    for step in range(R * S * k_chunks):
-        tap = step // k_chunks
-        k = (step % k_chunks) * BLOCK_K + offs_k
-        r = tap // S
-        s = tap % S
-        # Does stride_h divide (h + pad_h - r*dil_h)? Written with non-negative operands.
-        hit_h = (phase_h + pad_h + r * dil_h * (stride_h - 1)) % stride_h == 0
-        hit_w = (phase_w + pad_w + s * dil_w * (stride_w - 1)) % stride_w == 0
-        p = (h + pad_h - r * dil_h) // stride_h  # exact where hit_h: same in C and Python
-        q = (w + pad_w - s * dil_w) // stride_w
-        mask_pq = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
-        # A tap whose stride phase misses the tile's is skipped. With stride 1 the JIT
-        # specializes stride_h == 1, so the test folds away and the loop has no branch.
-        if hit_h & hit_w:
-            mask_k = k < K
-            mask_g = mask_pq[:, None] & mask_k[None, :]
-            g = tl.load(
-                dy_base[:, None]
-                + (p * stride_dyp + q * stride_dyq)[:, None]
-                + k[None, :] * stride_dyk,
-                mask=mask_g,
-                other=0.0,
-            )
-            w_offs = r * stride_wr + s * stride_ws + k[:, None] * stride_wk
-            w_tile = tl.load(
-                w_ptr + w_offs + offs_n[None, :] * stride_wc,
-                mask=mask_k[:, None] & mask_n[None, :],
-                other=0.0,
-            )
-            acc = tl.dot(g.to(w_tile.dtype), w_tile, acc, input_precision=INPUT_PRECISION)
-
-    dx_offs = n * stride_dxn + h * stride_dxh + w * stride_dxw
-    dx_ptrs = dx_ptr + dx_offs[:, None] + offs_n[None, :] * stride_dxc
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-
-# --------------------------------------------------------------------------- autotuners
-
-# One autotuner per kernel and dot precision, keyed on the problem geometry (the autotuner
-# adds the tensors' dtypes to the key). "ieee" serves fp32 with tf32 off.
-_FWD_KEY = ["C", "K", "P", "Q", "R", "S", "stride_h", "stride_w"]
-_DGRAD_KEY = ["C", "K", "H", "W", "R", "S", "stride_h", "stride_w"]
-_conv2d_fwd_tuned = triton.autotune(fwd_configs(), _FWD_KEY)(_conv2d_fwd_kernel)
-_conv2d_fwd_tuned_ieee = triton.autotune(fwd_configs(ieee=True), _FWD_KEY)(_conv2d_fwd_kernel)
-_conv2d_dgrad_tuned = triton.autotune(dgrad_configs(), _DGRAD_KEY)(_conv2d_bwd_input_kernel)
-_conv2d_dgrad_tuned_ieee = triton.autotune(dgrad_configs(ieee=True), _DGRAD_KEY)(
-    _conv2d_bwd_input_kernel
-)
+# One autotuner per dot kind, keyed on the problem geometry (the autotuner adds the dtypes);
+# the pruner drops tiles much wider than COUT.
+_KEY = ["N", "ROWS_H", "ROWS_W", "CIN", "COUT", "PHASES", "row_step_h", "row_step_w"]
+_TUNED = {
+    kind: triton.autotune(
+        conv_configs(kind), _KEY, prune_configs_by={"early_config_prune": _prune_configs}
+    )(_implicit_gemm_kernel)
+    for kind in TILES
+}
 
 
 # --------------------------------------------------------------------------- launchers
@@ -356,6 +291,71 @@ def _empty_like_format(shape: tuple[int, ...], like: Tensor) -> Tensor:
     return alloc.empty(
         shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like)
     )
+
+
+def _nhwc_output(shape: tuple[int, int, int, int], like: Tensor) -> tuple[Tensor, Tensor]:
+    """(result in ``like``'s memory format, the channels-last buffer the kernel writes).
+
+    The kernel stores whole channel rows (16-byte vectors); writing NCHW from the
+    (pixels x channels) accumulator took a 64-bit address per element and spilled, so an
+    NCHW result is one copy of the channels-last buffer.
+    """
+    result = _empty_like_format(shape, like)
+    if memory_format_of(like) == torch.channels_last:
+        return result, result
+    return result, alloc.empty(
+        shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_rows(stride: int, pad: int, dil: int, taps: int) -> tuple[tuple[int, int, int, int], ...]:
+    """dgrad's taps along one axis, per stride phase: (first tap, count, offset, phase start).
+
+    Input pixel h = ph + i*stride (phase ph) receives output pixel p = (h + pad - r*dil) /
+    stride from tap r exactly where stride divides (ph + pad - r*dil): those taps form a
+    progression r0, r0 + step, ... with step = stride / gcd(stride, dil), and p = i + offset
+    - t * (step*dil/stride) for the t-th of them.
+    """
+    out = []
+    for ph in range(stride):
+        hits = [r for r in range(taps) if (ph + pad - r * dil) % stride == 0]
+        first = hits[0] if hits else 0
+        out.append((first, len(hits), (ph + pad - first * dil) // stride, ph))
+    return tuple(out)
+
+
+def _phase_table(rows_h, rows_w, like: Tensor) -> Tensor:
+    """The (PHASES, 8) int32 tap table of :func:`_implicit_gemm_kernel` on ``like``'s device."""
+    table = [(*h[:3], *w[:3], h[3], w[3]) for h in rows_h for w in rows_w]
+    return torch.tensor(table, dtype=torch.int32).to(like.device)
+
+
+def _launch_implicit_gemm(a, b, bias, out, taps, rows, steps, relu, config, what) -> None:
+    """Launch the implicit GEMM: ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (row, tap,
+    weight, out) steps, each an (h, w) pair; the rest as in the kernel's docstring."""
+    n, rows_h, rows_w = rows
+    row_step, tap_step, weight_step, out_step = steps
+    phases = taps.shape[0]
+    cout = out.shape[1]
+
+    def grid(meta):
+        m_tiles = triton.cdiv(n * rows_h * rows_w, meta["BLOCK_M"])
+        return checked_grid((m_tiles * phases * triton.cdiv(cout, meta["BLOCK_N"]),), what)
+
+    precision = input_precision(a.dtype)
+    tuned = _TUNED[dot_kind(a.dtype)]
+    args = (
+        a, b, bias if bias is not None else b, out, taps,
+        n, rows_h, rows_w, a.shape[2], a.shape[3], a.shape[1], cout, out.shape[2], out.shape[3],
+        phases, *row_step, *tap_step, *weight_step, *out_step,
+        *nhwc_strides(a), *nhwc_strides(b), *nhwc_strides(out),
+    )  # fmt: skip
+    meta = dict(
+        HAS_BIAS=bias is not None, APPLY_RELU=relu, INPUT_PRECISION=precision,
+        INDEX_64=needs_int64(n * rows_h * rows_w, a, b, out),
+    )  # fmt: skip
+    launch(tuned, _implicit_gemm_kernel, config, grid, args, meta)
 
 
 def conv2d_fwd(
@@ -372,34 +372,23 @@ def conv2d_fwd(
     """``relu?(conv2d(x, weight) + bias)``: x (N, C, H, W), weight (K, C, R, S) -> (N, K, P, Q).
 
     ``padding`` is the top/left padding; ``output_size`` (P, Q) implies the bottom/right one.
-    The output has x's dtype and memory format (NCHW or channels_last). ``config`` runs that
+    The output has x's dtype and memory format (NCHW or channels_last); the kernel reads x
+    and the weight channels-last (copied once when they are not). ``config`` runs that
     autotune config instead of the autotuner's choice.
     """
     n, c, h, w = x.shape
     k, _, r, s = weight.shape
     p, q = output_size
-    y = _empty_like_format((n, k, p, q), x)
+    y, y_nhwc = _nhwc_output((n, k, p, q), x)
     if y.numel() == 0:
         return y
-    b = weight if bias is None else bias  # placeholder pointer, never read without HAS_BIAS
-
-    def grid(meta):
-        grid = triton.cdiv(n * p * q, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"])
-        return checked_grid(grid, "conv2d forward")
-
-    precision = input_precision(x.dtype)
-    tuned = _conv2d_fwd_tuned_ieee if precision == "ieee" else _conv2d_fwd_tuned
-    args = (
-        x, weight, b, y,
-        n, c, h, w, k, p, q, *stride, *padding, *dilation,
-        *x.stride(), *weight.stride(), *y.stride(),
+    taps = _phase_table(((0, r, -padding[0], 0),), ((0, s, -padding[1], 0),), x)
+    steps = (stride, dilation, (1, 1), (1, 1))
+    _launch_implicit_gemm(
+        nhwc(x), nhwc(weight), bias, y_nhwc, taps, (n, p, q), steps, apply_relu, config,
+        "conv2d forward",
     )  # fmt: skip
-    meta = dict(
-        R=r, S=s, HAS_BIAS=bias is not None, APPLY_RELU=apply_relu,
-        INPUT_PRECISION=precision, INDEX_64=needs_int64(n * p * q, x, weight, y),
-    )  # fmt: skip
-    launch(tuned, _conv2d_fwd_kernel, config, grid, args, meta)
-    return y
+    return y if y is y_nhwc else y.copy_(y_nhwc)
 
 
 def conv2d_bwd_input(
@@ -414,38 +403,29 @@ def conv2d_bwd_input(
     """grad_x (N, C, H, W) of the conv from grad_y (N, K, P, Q) and weight (K, C, R, S).
 
     ``grad_y`` has a fused ReLU's mask already applied (:func:`relu_grad`). grad_x takes
-    grad_y's memory format.
+    grad_y's memory format; the kernel reads grad_y channels-last (copied once when it is
+    not) and the weight as (C, R, S, K).
     """
     n, c, h, w = input_shape
     k, _, r, s = weight.shape
-    p, q = grad_y.shape[2:]
-    grad_x = _empty_like_format((n, c, h, w), grad_y)
+    grad_x, grad_x_nhwc = _nhwc_output((n, c, h, w), grad_y)
     if grad_x.numel() == 0:
         return grad_x
     if grad_y.numel() == 0:
         return grad_x.zero_()
-    pixels_per_phase = n * triton.cdiv(h, stride[0]) * triton.cdiv(w, stride[1])
-
-    def grid(meta):
-        grid = (
-            triton.cdiv(pixels_per_phase, meta["BLOCK_M"]) * stride[0] * stride[1],
-            triton.cdiv(c, meta["BLOCK_N"]),
-        )
-        return checked_grid(grid, "conv2d input gradient")
-
-    precision = input_precision(grad_y.dtype)
-    tuned = _conv2d_dgrad_tuned_ieee if precision == "ieee" else _conv2d_dgrad_tuned
-    args = (
-        grad_y, weight, grad_x,
-        n, c, h, w, k, p, q, *stride, *padding, *dilation,
-        *grad_y.stride(), *weight.stride(), *grad_x.stride(),
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    rows_h = _tap_rows(sh, ph, dh, r)
+    rows_w = _tap_rows(sw, pw, dw, s)
+    taps = _phase_table(rows_h, rows_w, grad_y)
+    step_r, step_s = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
+    steps = ((1, 1), (-(step_r * dh) // sh, -(step_s * dw) // sw), (step_r, step_s), stride)
+    weight_t = weight.permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
+    rows = (n, triton.cdiv(h, sh), triton.cdiv(w, sw))
+    _launch_implicit_gemm(
+        nhwc(grad_y), weight_t, None, grad_x_nhwc, taps, rows, steps, False, config,
+        "conv2d input gradient",
     )  # fmt: skip
-    meta = dict(
-        R=r, S=s, INPUT_PRECISION=precision,
-        INDEX_64=needs_int64(pixels_per_phase, grad_y, weight, grad_x),
-    )  # fmt: skip
-    launch(tuned, _conv2d_bwd_input_kernel, config, grid, args, meta)
-    return grad_x
+    return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)
 
 
 def relu_grad(grad_y: Tensor, relu_output: Tensor) -> Tensor:

@@ -11,8 +11,9 @@ tensors of the benchmark shapes (``benchmarks/shapes.py``), in NCHW and channels
 fp32 (tf32 and ieee, via ``torch.backends.cudnn.allow_tf32``), fp16 and bf16, with
 ``Autotuner.run`` and ``JITFunction.run`` swapped for a recorder: nothing runs, the
 ``(kernel, args, kwargs)`` of every launch is kept. Each record is then bound the JIT's own
-way, per target and per autotune config (``config.all_kwargs()`` merged as the autotuner
-does): ``triton.runtime.jit.create_function_from_signature(fn.signature, fn.params,
+way, per target and per autotune config that the autotuner could launch for those
+arguments (its configs after its ``early_config_prune``; ``config.all_kwargs()`` merged as
+the autotuner does): ``triton.runtime.jit.create_function_from_signature(fn.signature, fn.params,
 backend)`` gives the binder the JIT uses (ints equal to 1 become constexpr, ints divisible
 by 16 and 16-byte-aligned pointers get ``tt.divisibility``), and
 ``JITFunction._pack_args`` turns the binding into ``(options, signature, constexprs,
@@ -296,13 +297,20 @@ def capture(which: str = "gate") -> list[tuple[str, str, str, str, Launch]]:
 # --------------------------------------------------------------------------- binding
 
 
-def _configs(kernel) -> list[tuple[dict, dict]]:
-    """(config meta-parameters, keyword arguments merged into the launch) per config."""
+def _configs(kernel, args: tuple, kwargs: dict) -> list[tuple[dict, dict]]:
+    """(config meta-parameters, keyword arguments merged into the launch) per config the
+    autotuner could launch for these arguments: its configs after its ``early_config_prune``,
+    applied the way ``Autotuner.run`` applies it."""
     from triton.runtime.autotuner import Autotuner
 
-    if isinstance(kernel, Autotuner):
-        return [(cfg.kwargs, cfg.all_kwargs()) for cfg in kernel.configs]
-    return [({}, {})]
+    if not isinstance(kernel, Autotuner):
+        return [({}, {})]
+    kernel.nargs = dict(zip(kernel.arg_names, args, strict=False))
+    try:
+        configs = kernel.prune_configs(kwargs)
+    finally:
+        kernel.nargs = None
+    return [(cfg.kwargs, cfg.all_kwargs()) for cfg in configs]
 
 
 def bind(kernel, args: tuple, kwargs: dict, cc: int) -> list[dict]:
@@ -317,7 +325,7 @@ def bind(kernel, args: tuple, kwargs: dict, cc: int) -> list[dict]:
     backend = make_backend(GPUTarget("cuda", cc, 32))
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     jobs = []
-    for meta, extra in _configs(kernel):
+    for meta, extra in _configs(kernel, args, kwargs):
         launch_kwargs = {**kwargs, **extra}
         # The two options JITFunction.run adds before binding.
         launch_kwargs["debug"] = launch_kwargs.get("debug", fn.debug) or knobs.runtime.debug

@@ -2,11 +2,12 @@
 a GPU's autotuner would pick; and every config follows the num_warps rule.
 
 Under the interpreter the autotuners hold one config only, so each GPU config (from the
-kernels' own config factories, ``interpreter=False``: the tf32 and the IEEE lists of fwd,
-dgrad and wgrad) is launched explicitly through the launchers' ``config`` argument. Each runs
-one small shape sized from its own tiles so that every tile axis has a full tile and a
-partial one (200 pixels = 3 * 64 + 8 = 6 * 32 + 8; channels 1.5 x the tile; the reduction in
-1.5 chunks, or 200 rows in two split-K slices of 100). Outputs and workspaces start as NaN
+kernels' own config factories, ``interpreter=False``: the fp16, tf32 and IEEE lists of the
+implicit GEMM, run as the forward, dgrad and dgrad at stride 2, and wgrad's lists) is
+launched explicitly through the launchers' ``config`` argument. Each runs one small shape
+sized from its own tiles so that every tile axis has a full tile and a partial one (200
+pixels = 128 + 72 = 3 * 64 + 8 = 6 * 32 + 8; channels 1.5 x the tile; the reduction in 1.5
+chunks, or 200 rows in two split-K slices of 100). Outputs and workspaces start as NaN
 (tests/conftest.py poisons every allocation), and results are compared with float64 torch.
 Pooling has fixed configs (one per kernel), run by tests/test_pool2d.py.
 """
@@ -19,9 +20,27 @@ import torch.nn.functional as F
 from conftest import DEVICE
 
 from fastconv.kernels import conv2d as ck
+from fastconv.kernels import conv2d_wgrad as wk
 from fastconv.kernels import launch
 
-FACTORIES = {"fwd": ck.fwd_configs, "dgrad": ck.dgrad_configs, "wgrad": ck.wgrad_configs}
+# implicit-GEMM config list -> (allow_tf32, the dtypes it serves)
+CONV_KINDS = {"fp16": (True, [torch.float16]), "tf32": (True, [torch.float32])}
+CONV_KINDS["ieee"] = (False, [torch.float32])
+
+
+def config_lists():
+    """{op: [(list name, allow_tf32, dtypes, configs)]} of every GPU config list."""
+    lists = {}
+    for op in ("fwd", "dgrad", "dgrad-stride2"):
+        lists[op] = [
+            (kind, tf32, dtypes, ck.conv_configs(kind, interpreter=False))
+            for kind, (tf32, dtypes) in CONV_KINDS.items()
+        ]
+    lists["wgrad"] = [
+        ("tf32", True, [torch.float16, torch.float32], wk.wgrad_configs(interpreter=False)),
+        ("ieee", False, [torch.float32], wk.wgrad_configs(ieee=True, interpreter=False)),
+    ]
+    return lists
 
 
 def config_id(config) -> str:
@@ -30,52 +49,47 @@ def config_id(config) -> str:
 
 
 def all_configs():
-    """(op, list name, dtype, config): the tf32 list serves fp16 (and fp32 with tf32 on), the
-    IEEE list fp32 with tf32 off."""
+    """(op, allow_tf32, dtype, config) for every config of every list and the dtypes it
+    serves."""
     cases = []
-    for op, factory in FACTORIES.items():
-        for ieee in (False, True):
-            dtypes = [torch.float32] if ieee else [torch.float16, torch.float32]
-            for config in factory(ieee=ieee, interpreter=False):
+    for op, lists in config_lists().items():
+        for name, tf32, dtypes, configs in lists:
+            for config in configs:
                 for dtype in dtypes:
-                    name = "ieee" if ieee else "tf32"
                     dt = str(dtype).removeprefix("torch.")
-                    cases.append(
-                        pytest.param(
-                            op, ieee, dtype, config, id=f"{op}-{name}-{dt}-{config_id(config)}"
-                        )
-                    )
+                    case_id = f"{op}-{name}-{dt}-{config_id(config)}"
+                    cases.append(pytest.param(op, tf32, dtype, config, id=case_id))
     return cases
 
 
-def tolerance(dtype, ieee):
+def tolerance(dtype, tf32):
     if dtype == torch.float16:
         return 2e-5, 1e-3
-    if ieee or not torch.cuda.is_available():  # the interpreter ignores tf32
+    if not tf32 or not torch.cuda.is_available():  # the interpreter ignores tf32
         return 2e-5, 1e-4
     return 2e-3, 1e-2
 
 
-@pytest.mark.parametrize(("op", "ieee", "dtype", "config"), all_configs())
-def test_every_config_matches_torch(monkeypatch, op, ieee, dtype, config):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", not ieee)
+@pytest.mark.parametrize(("op", "tf32", "dtype", "config"), all_configs())
+def test_every_config_matches_torch(monkeypatch, op, tf32, dtype, config):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     bm, bn, bk = (config.kwargs[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     n, h, w, r, s = 2, 10, 10, 3, 3  # 200 output pixels (padding 1, stride 1)
+    stride = (2, 2) if op == "dgrad-stride2" else (1, 1)  # dgrad: 4 phases of 50 pixels
     if op == "fwd":  # M pixels, N output channels, reduction over input-channel chunks
         c, k = bk + bk // 2, bn + bn // 2
-    elif op == "dgrad":  # M pixels, N input channels, reduction over output-channel chunks
+    elif op.startswith("dgrad"):  # M pixels, N input channels, reduction over K chunks
         c, k = bn + bn // 2, bk + bk // 2
-    else:  # M output channels, N = C*R*S, reduction over 200 rows (2 slices of 100)
-        c, k = 3 * bn // 18 + 1, bm + bm // 2
-        assert c * r * s > bn and (c * r * s) % bn
+    else:  # M output channels, N channels of a tap, reduction over 200 rows (2 slices)
+        c, k = bn + bn // 2, bm + bm // 2
     torch.manual_seed(11)
     x = torch.randn(n, c, h, w).to(DEVICE, dtype)
     weight = (torch.randn(k, c, r, s) / math.sqrt(c * r * s)).to(DEVICE, dtype)
     bias = torch.randn(k).to(DEVICE, dtype)
-    atol, rtol = tolerance(dtype, ieee)
+    atol, rtol = tolerance(dtype, tf32)
 
     x64, w64, b64 = (t.cpu().double().requires_grad_() for t in (x, weight, bias))
-    pre64 = F.conv2d(x64, w64, b64, padding=1)
+    pre64 = F.conv2d(x64, w64, b64, stride, padding=1)
     y64 = F.relu(pre64)
     grad_y = torch.randn(y64.shape).to(DEVICE, dtype)
     relu_output = y64.detach().to(DEVICE, dtype)  # the saved forward output the mask reads
@@ -97,8 +111,8 @@ def test_every_config_matches_torch(monkeypatch, op, ieee, dtype, config):
     if op == "fwd":
         y = ck.conv2d_fwd(x, weight, bias, (1, 1), (1, 1), (1, 1), (h, w), True, config=config)
         check(y, y64.detach(), c * r * s, "output")
-    elif op == "dgrad":
-        grad_x = ck.conv2d_bwd_input(grad_y, weight, x.shape, (1, 1), (1, 1), (1, 1), config=config)
+    elif op.startswith("dgrad"):
+        grad_x = ck.conv2d_bwd_input(grad_y, weight, x.shape, stride, (1, 1), (1, 1), config=config)
         check(grad_x, x64.grad, k * r * s, "grad input")
     else:
         grad_w, grad_b = ck.conv2d_bwd_weight(
@@ -107,6 +121,8 @@ def test_every_config_matches_torch(monkeypatch, op, ieee, dtype, config):
         )  # fmt: skip
         check(grad_w, w64.grad, n * h * w, "grad weight")
         check(grad_b, b64.grad, n * h * w, "grad bias")
+    if op != "dgrad-stride2":
+        assert grad_y.shape[2:] == (h, w)  # 200 pixels: full and partial tiles of 64 and 128
 
 
 def test_config_argument_launches_exactly_that_config():
@@ -118,18 +134,18 @@ def test_config_argument_launches_exactly_that_config():
         def __getitem__(self, grid):
             return lambda *args, **meta: launched.append(meta)
 
-    config = ck.fwd_configs(interpreter=False)[0]
+    config = ck.conv_configs(interpreter=False)[0]
     launch.launch(None, Kernel(), config, None, (), {"R": 3})
     assert launched == [
         {"R": 3, **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
     ]
 
 
-@pytest.mark.parametrize("op", FACTORIES)
-@pytest.mark.parametrize("ieee", [False, True])
-def test_num_warps_capped_at_4_on_the_flattened_tap_loop(op, ieee):
-    # The fwd and dgrad main loops are the flattened tap x chunk loop of pytorch issue
-    # 173068 (miscompiled with 8 warps); wgrad's configs share the cap until a loop shape
-    # that docs/decisions.md clears for 8 warps replaces it.
-    for config in FACTORIES[op](ieee=ieee, interpreter=False):
-        assert config.num_warps <= launch.MAX_NUM_WARPS == 4, config_id(config)
+@pytest.mark.parametrize("op", config_lists())
+def test_num_warps_capped_at_4_on_the_tap_loop(op):
+    # The main loops walk (tap, channel chunk) steps, the loop shape of pytorch issue 173068
+    # (miscompiled with 8 warps, Triton issue 1254): every config is capped at 4 warps
+    # until docs/decisions.md clears a loop shape for more.
+    for _, _, _, configs in config_lists()[op]:
+        for config in configs:
+            assert config.num_warps <= launch.MAX_NUM_WARPS == 4, config_id(config)

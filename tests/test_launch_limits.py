@@ -42,13 +42,11 @@ def conv_launches(monkeypatch) -> Launches:
 
 
 def conv_configs(kernel):
-    """Every GPU config (tf32 and IEEE lists) of a conv kernel."""
-    factory = {
-        ck._conv2d_fwd_kernel: ck.fwd_configs,
-        ck._conv2d_bwd_input_kernel: ck.dgrad_configs,
-        wk._conv2d_bwd_weight_kernel: wk.wgrad_configs,
-    }[kernel]
-    return [cfg for ieee in (False, True) for cfg in factory(ieee=ieee, interpreter=False)]
+    """Every GPU config (all dot kinds) of a conv kernel."""
+    if kernel is wk._conv2d_bwd_weight_kernel:
+        return [c for ieee in (False, True) for c in wk.wgrad_configs(ieee, interpreter=False)]
+    assert kernel is ck._implicit_gemm_kernel
+    return [c for kind in ck.TILES for c in ck.conv_configs(kind, interpreter=False)]
 
 
 def assert_grids_within_limits(launch) -> list[tuple[int, ...]]:
@@ -94,12 +92,12 @@ def test_conv_grids_within_hardware_limits_for_every_config(
         grids = assert_grids_within_limits(launch)
         config = conv_configs(launch[0])[0]
         bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-        if launch is fwd:  # every output pixel and channel has its program
-            assert grids[0] == (math.ceil(n * p * q / bm), math.ceil(k / bn))
-        elif launch is dgrad:  # every (pixel tile, stride phase) pair on axis 0
+        if launch is fwd:  # every (output pixel tile, channel tile) has its program
+            assert grids[0] == (math.ceil(n * p * q / bm) * math.ceil(k / bn),)
+        elif launch is dgrad:  # every (pixel tile, stride phase, channel tile)
             per_phase = n * math.ceil(h / stride[0]) * math.ceil(w / stride[1])
             phases = stride[0] * stride[1]
-            assert grids[0] == (math.ceil(per_phase / bm) * phases, math.ceil(c / bn))
+            assert grids[0] == (math.ceil(per_phase / bm) * phases * math.ceil(c / bn),)
     # wgrad: the split programs cover all N*P*Q rows
     args, meta = wgrad[2], wgrad[3]
     rows_per_split = args[17]
@@ -108,13 +106,22 @@ def test_conv_grids_within_hardware_limits_for_every_config(
     assert rows_per_split * split >= n * p * q > rows_per_split * (split - 1)
 
 
-def test_channel_counts_past_the_grid_y_limit_raise_a_clear_error(conv_launches):
-    # grid axis 1 tiles the channels: 2**23 output channels need 131,072 programs of 64
+def test_channel_tiles_share_grid_axis_0(conv_launches):
+    # 2**23 output channels: 131,072 channel tiles of 64, past the 65,535 of axes 1 and 2
     x = torch.empty(1, 4, 2, 2, device=META)
     weight = torch.empty(2**23, 4, 1, 1, device=META)
     ck.conv2d_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (2, 2), False)
     _, grid, _, meta = conv_launches.calls[0]
-    with pytest.raises(ValueError, match="conv2d forward: grid axis 1 needs 131072 programs"):
+    assert grid({**meta, "BLOCK_M": 64, "BLOCK_N": 64}) == (131_072,)
+
+
+def test_grid_past_axis_0_limit_raises_a_clear_error(conv_launches):
+    # 2**32 output pixels in 64-pixel tiles x 64 channel tiles: 2**32 programs
+    x = torch.empty(2**12, 1, 2**10, 2**10, device=META)
+    weight = torch.empty(2**12, 1, 1, 1, device=META)
+    ck.conv2d_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (2**10, 2**10), False)
+    _, grid, _, meta = conv_launches.calls[0]
+    with pytest.raises(ValueError, match="conv2d forward: grid axis 0 needs 4294967296 programs"):
         grid({**meta, "BLOCK_M": 64, "BLOCK_N": 64})
 
 
@@ -288,9 +295,11 @@ BIG_PIXELS = BIG_N * HW * HW
 
 
 def expanded(*shape, dtype=torch.float16):
-    """A (BIG_N, ...) tensor that stores one sample (batch stride 0): no memory needed."""
+    """A (BIG_N, ...) channels-last tensor that stores one sample (batch stride 0): no memory
+    needed, and the kernels read it as it is (an NCHW one would be copied channels-last)."""
     torch.manual_seed(5)
-    return torch.randn(1, *shape).to(dtype).expand(BIG_N, *shape)
+    sample = torch.randn(1, *shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    return sample.expand(BIG_N, *shape)
 
 
 def pixel_index(first_pixel):

@@ -326,9 +326,15 @@ def _tap_rows(stride: int, pad: int, dil: int, taps: int) -> tuple[tuple[int, in
 
 
 def _phase_table(rows_h, rows_w, like: Tensor) -> Tensor:
-    """The (PHASES, 8) int32 tap table of :func:`_implicit_gemm_kernel` on ``like``'s device."""
+    """The (PHASES, 8) int32 tap table of :func:`_implicit_gemm_kernel` on ``like``'s device
+    (cached: a layer copies its table to the device once, not at every call)."""
+    return _device_phase_table(rows_h, rows_w, like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_phase_table(rows_h, rows_w, device: torch.device) -> Tensor:
     table = [(*h[:3], *w[:3], h[3], w[3]) for h in rows_h for w in rows_w]
-    return torch.tensor(table, dtype=torch.int32).to(like.device)
+    return torch.tensor(table, dtype=torch.int32).to(device)
 
 
 def _launch_implicit_gemm(a, b, bias, out, taps, rows, steps, relu, config, what) -> None:

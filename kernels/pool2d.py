@@ -1,20 +1,30 @@
 """2D pooling as Triton kernels: max, average and adaptive average, forward and backward.
 
-Every kernel walks a flat range of elements of the tensor it writes, in that tensor's memory
-order (NCHW or channels_last, picked by ``CHANNELS_LAST``), so stores are contiguous and
-loads from an input of the same format are coalesced. All four strides of every tensor are
-passed, so non-contiguous inputs work without a copy. Values accumulate in fp32 and are cast
-on store. Index math runs in int64 (``INDEX_64``) when a tensor spans 2**31 elements or more.
+Every kernel but one writes a (BLOCK_R x BLOCK_I) tile of its output per program, whose
+columns walk the tensor's contiguous axis: channels for channels_last tensors (rows are
+pixels (n, h, w)), W for NCHW (rows are (n, c, h)). Rows are unravelled once each, so the
+div/mod index math is per row, not per element. Along the columns the compiler sees stride 1,
+and the launcher passes ``VEC``, the largest power of 2 (at most 16) dividing the column count
+and all other strides, written into the index math so that the compiler knows every row
+starts VEC-aligned: channels_last loads and stores are 16-byte vectors (one per thread per
+window element) when C is a multiple of 8 (fp16, bf16) or 4 (fp32), and NCHW lanes walk W
+(coalesced; stores are vectors too). The adaptive forward of NCHW tensors instead reduces
+(outputs x window elements) tiles, whose lanes walk the window along W. All four strides of
+every tensor are passed, so non-contiguous inputs work without a copy. Values accumulate in
+fp32 and are cast on store. Index math runs in int64 (``INDEX_64``) when a tensor spans 2**31
+elements or more.
 
 The backward kernels are gathers: each input pixel loops over the few output windows that
 cover it and sums their contribution, so overlapping windows (stride < kernel) need no
 atomics and the result is deterministic.
 
 Launchers take tensors whose arguments the functional API has already validated; they
-allocate the outputs (in the input's memory format) and launch the kernels.
+allocate the outputs (in the input's memory format) and launch the kernels on 1-D grids.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -35,10 +45,16 @@ __all__ = [
 
 Pair = tuple[int, int]
 
-# Elements per program of the elementwise-style kernels, and their warps.
-BLOCK_SIZE = 256
 NUM_WARPS = 4
-# Adaptive forward: a (BLOCK_M outputs x BLOCK_K window elements) tile of about this many loads.
+# Tile of the tiled kernels: one 16-byte vector per thread for channels_last tensors, whose
+# loads are vectors (1,024 fp16 elements); 4 elements per thread for NCHW, whose strided
+# window loads are scalar (a larger tile costs registers and buys nothing).
+TILE_BYTES = 16 * 32 * NUM_WARPS
+TILE_NCHW = 4 * 32 * NUM_WARPS
+# Widest tile along the contiguous axis (channels or W), in elements.
+MAX_BLOCK_I = 128
+# Adaptive forward (NCHW): a (BLOCK_M outputs x BLOCK_K window elements) tile of about this
+# many loads.
 ADAPTIVE_TILE = 1024
 ADAPTIVE_MAX_BLOCK_K = 64
 
@@ -47,23 +63,65 @@ ADAPTIVE_MAX_BLOCK_K = 64
 
 
 @triton.jit
-def _unravel(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
-    """Flat offsets in NCHW (or NHWC when ``CHANNELS_LAST``) order -> (n, c, h, w) indices."""
+def _tile(
+    C,
+    H,
+    W,
+    num_rows,
+    CHANNELS_LAST: tl.constexpr,
+    INDEX_64: tl.constexpr,
+    VEC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    """Indices of this program's (BLOCK_R x BLOCK_I) tile of an (N, C, H, W) tensor.
+
+    Columns walk the contiguous axis: c when ``CHANNELS_LAST`` (rows are the num_rows =
+    N*H*W pixels (n, h, w)), else w (rows are the num_rows = N*C*H (n, c, h)). Programs walk
+    the column tiles of a row tile first. Returns n, c, h, w, each (BLOCK_R, 1) or
+    (1, BLOCK_I), and the (BLOCK_R, BLOCK_I) mask of the tile's elements inside the tensor.
+    The column count (C or W) is a multiple of ``VEC`` (the launcher checked it): written
+    ``// VEC * VEC`` so the compiler sees the mask constant over runs of VEC columns.
+    """
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    inner = (C if CHANNELS_LAST else W) // VEC * VEC
+    col_tiles = tl.cdiv(inner, BLOCK_I)
+    rows = (pid // col_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (pid % col_tiles) * BLOCK_I + tl.arange(0, BLOCK_I)
+    mask = (rows < num_rows)[:, None] & (cols < inner)[None, :]
     if CHANNELS_LAST:
-        c = offs % C
-        rest = offs // C
-        w = rest % W
-        rest = rest // W
+        w = rows % W
+        rest = rows // W
         h = rest % H
         n = rest // H
+        c = cols[None, :]
+        w = w[:, None]
     else:
-        w = offs % W
-        rest = offs // W
-        h = rest % H
-        rest = rest // H
+        h = rows % H
+        rest = rows // H
         c = rest % C
         n = rest // C
-    return n, c, h, w
+        c = c[:, None]
+        w = cols[None, :]
+    return n[:, None], c, h[:, None], w, mask
+
+
+@triton.jit
+def _aligned_strides(
+    stride_n, stride_c, stride_h, stride_w, CHANNELS_LAST: tl.constexpr, VEC: tl.constexpr
+):
+    """A tensor's strides, all but the tile columns' (c or w) written ``// VEC * VEC``.
+
+    The launcher checked they are multiples of ``VEC``; this way the compiler sees every row
+    of a tile start VEC-aligned, so it can use VEC-wide (up to 16-byte) loads and stores.
+    """
+    if CHANNELS_LAST:
+        stride_w = stride_w // VEC * VEC
+    else:
+        stride_c = stride_c // VEC * VEC
+    return stride_n // VEC * VEC, stride_c, stride_h // VEC * VEC, stride_w
 
 
 @triton.jit
@@ -120,8 +178,42 @@ def _empty(shape, like: Tensor, memory_format: torch.memory_format, dtype=None) 
     )
 
 
+def _strides(t: Tensor) -> tuple[int, ...]:
+    """``t``'s strides, with 0 along its size-1 dims (whose index is always 0).
+
+    Torch gives size-1 dims arbitrary strides (a (N, C, 1, 1) channels_last tensor has
+    (C, 1, 1, 1)); 0 lets the compiler see those offsets as aligned, so loads stay vectors.
+    """
+    return tuple(0 if size == 1 else step for size, step in zip(t.shape, t.stride(), strict=True))
+
+
 def _grid(numel: int, block: int) -> tuple[int]:
     return (triton.cdiv(numel, block),)
+
+
+def _tiling(t: Tensor, channels_last: bool, *others: Tensor) -> dict:
+    """Grid, ``num_rows``, ``VEC`` and tile of the :func:`_tile` kernels writing ``t``.
+
+    ``t`` is (N, C, H, W); ``others`` are the tensors the kernel reads. The tile is
+    ``TILE_BYTES`` (channels_last) or ``TILE_NCHW`` elements, at most ``MAX_BLOCK_I`` wide
+    along the contiguous axis; the 1-D grid stays below 2**31 programs for any tensor of
+    fewer than 2**39 elements. ``VEC`` is the largest power of 2 (at most 16) dividing the
+    column count and every stride but the columns' of ``t`` and ``others``.
+    """
+    n, c, h, w = t.shape
+    inner = c if channels_last else w
+    num_rows = t.numel() // inner
+    block_i = min(triton.next_power_of_2(inner), MAX_BLOCK_I)
+    tile = TILE_BYTES // t.element_size() if channels_last else TILE_NCHW
+    block_r = max(tile // block_i, 1)
+    grid = (triton.cdiv(num_rows, block_r) * triton.cdiv(inner, block_i),)
+    column_dim = 1 if channels_last else 3
+    divisor = math.gcd(
+        inner,
+        *(step for u in (t, *others) for d, step in enumerate(_strides(u)) if d != column_dim),
+    )
+    vec = min(divisor & -divisor, 16)
+    return {"grid": grid, "num_rows": num_rows, "VEC": vec, "BLOCK_R": block_r, "BLOCK_I": block_i}
 
 
 def _candidate_count(extent: int, step: int) -> int:
@@ -144,7 +236,7 @@ def _max_pool2d_fwd_kernel(
     W,
     P,
     Q,
-    numel_y,
+    num_rows,
     step_h,
     step_w,
     pad_h,
@@ -166,22 +258,29 @@ def _max_pool2d_fwd_kernel(
     STORE_ARGMAX: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    VEC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
 ):
     """y[n, c, p, q] = max over r < KH, s < KW of x[n, c, p*step_h - pad_h + r*dil_h, ...].
 
     x: (N, C, H, W); y and argmax: (N, C, P, Q) with the same strides, where
     P = (H + 2*pad_h - dil_h*(KH-1) - 1) / step_h + 1 (floor, or ceil in ceil_mode). Padding
     never wins. argmax = r*KW + s of the first maximum, or of the last NaN (NaN wins), as torch.
+    Each program writes one (BLOCK_R x BLOCK_I) tile of y and argmax (see :func:`_tile`).
     """
-    offs = _flat_offsets(BLOCK, INDEX_64)
-    in_range = offs < numel_y
-    n, c, p, q = _unravel(offs, C, P, Q, CHANNELS_LAST)
+    n, c, p, q, in_range = _tile(C, P, Q, num_rows, CHANNELS_LAST, INDEX_64, VEC, BLOCK_R, BLOCK_I)
+    stride_xn, stride_xc, stride_xh, stride_xw = _aligned_strides(
+        stride_xn, stride_xc, stride_xh, stride_xw, CHANNELS_LAST, VEC
+    )
+    stride_yn, stride_yc, stride_yh, stride_yw = _aligned_strides(
+        stride_yn, stride_yc, stride_yh, stride_yw, CHANNELS_LAST, VEC
+    )
     x_base = x_ptr + n * stride_xn + c * stride_xc
     h_start = p * step_h - pad_h
     w_start = q * step_w - pad_w
-    best = tl.full([BLOCK], float("-inf"), tl.float32)
-    best_idx = tl.full([BLOCK], -1, tl.int32)
+    best = tl.full([BLOCK_R, BLOCK_I], float("-inf"), tl.float32)
+    best_idx = tl.full([BLOCK_R, BLOCK_I], -1, tl.int32)
     for r in tl.static_range(KH):
         h = h_start + r * dil_h
         h_ok = in_range & (h >= 0) & (h < H)
@@ -211,7 +310,7 @@ def _max_pool2d_bwd_kernel(
     W,
     P,
     Q,
-    numel_x,
+    num_rows,
     step_h,
     step_w,
     pad_h,
@@ -238,23 +337,33 @@ def _max_pool2d_bwd_kernel(
     CANDIDATES_W: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    VEC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
 ):
     """grad_x[n, c, h, w] = sum of grad_y[n, c, p, q] over windows (p, q) whose argmax is (h, w).
 
     grad_y, argmax: (N, C, P, Q); grad_x: (N, C, H, W). Window p covers h when
     h = p*step_h - pad_h + r*dil_h for some r < KH; at most CANDIDATES_H windows do.
+    Each program writes one (BLOCK_R x BLOCK_I) tile of grad_x (see :func:`_tile`).
     """
-    offs = _flat_offsets(BLOCK, INDEX_64)
-    in_range = offs < numel_x
-    n, c, h, w = _unravel(offs, C, H, W, CHANNELS_LAST)
+    n, c, h, w, in_range = _tile(C, H, W, num_rows, CHANNELS_LAST, INDEX_64, VEC, BLOCK_R, BLOCK_I)
+    stride_gyn, stride_gyc, stride_gyh, stride_gyw = _aligned_strides(
+        stride_gyn, stride_gyc, stride_gyh, stride_gyw, CHANNELS_LAST, VEC
+    )
+    stride_an, stride_ac, stride_ah, stride_aw = _aligned_strides(
+        stride_an, stride_ac, stride_ah, stride_aw, CHANNELS_LAST, VEC
+    )
+    stride_gxn, stride_gxc, stride_gxh, stride_gxw = _aligned_strides(
+        stride_gxn, stride_gxc, stride_gxh, stride_gxw, CHANNELS_LAST, VEC
+    )
     gy_base = grad_y_ptr + n * stride_gyn + c * stride_gyc
     a_base = argmax_ptr + n * stride_an + c * stride_ac
     padded_h = h + pad_h
     padded_w = w + pad_w
     last_p = padded_h // step_h
     last_q = padded_w // step_w
-    acc = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_I], tl.float32)
     for i in tl.static_range(CANDIDATES_H):
         p = last_p - i
         offset_h = padded_h - p * step_h
@@ -266,9 +375,9 @@ def _max_pool2d_bwd_kernel(
             s = offset_w // dil_w
             ok = p_ok & (q >= 0) & (q < Q) & (s * dil_w == offset_w) & (s < KW)
             argmax = tl.load(a_base + p * stride_ah + q * stride_aw, mask=ok, other=-1)
-            hit = ok & (argmax.to(tl.int32) == r * KW + s)
-            g = tl.load(gy_base + p * stride_gyh + q * stride_gyw, mask=hit, other=0.0)
-            acc += g.to(tl.float32)
+            # masked by ``ok`` (not by the argmax test) so channels_last loads stay vectors
+            g = tl.load(gy_base + p * stride_gyh + q * stride_gyw, mask=ok, other=0.0)
+            acc += tl.where(argmax.to(tl.int32) == r * KW + s, g.to(tl.float32), 0.0)
     gx_offs = n * stride_gxn + c * stride_gxc + h * stride_gxh + w * stride_gxw
     tl.store(grad_x_ptr + gx_offs, acc.to(grad_x_ptr.dtype.element_ty), mask=in_range)
 
@@ -306,7 +415,8 @@ def max_pool2d_fwd(
         argmax = _empty((n, c, p, q), x, memory_format, _argmax_dtype(kernel_size))
     if y.numel() == 0:
         return y, argmax
-    _max_pool2d_fwd_kernel[_grid(y.numel(), BLOCK_SIZE)](
+    tiling = _tiling(y, memory_format == torch.channels_last, x)
+    _max_pool2d_fwd_kernel[tiling["grid"]](
         x,
         y,
         argmax if store_argmax else y,
@@ -315,18 +425,20 @@ def max_pool2d_fwd(
         w,
         p,
         q,
-        y.numel(),
+        tiling["num_rows"],
         *stride,
         *padding,
         *dilation,
-        *x.stride(),
-        *y.stride(),
+        *_strides(x),
+        *_strides(y),
         KH=kernel_size[0],
         KW=kernel_size[1],
         STORE_ARGMAX=store_argmax,
         CHANNELS_LAST=memory_format == torch.channels_last,
         INDEX_64=_needs_int64(x, y),
-        BLOCK=BLOCK_SIZE,
+        VEC=tiling["VEC"],
+        BLOCK_R=tiling["BLOCK_R"],
+        BLOCK_I=tiling["BLOCK_I"],
         num_warps=NUM_WARPS,
     )
     return y, argmax
@@ -348,7 +460,8 @@ def max_pool2d_bwd(
     grad_x = _empty(input_shape, grad_y, memory_format)
     if grad_x.numel() == 0:
         return grad_x
-    _max_pool2d_bwd_kernel[_grid(grad_x.numel(), BLOCK_SIZE)](
+    tiling = _tiling(grad_x, memory_format == torch.channels_last, grad_y, argmax)
+    _max_pool2d_bwd_kernel[tiling["grid"]](
         grad_y,
         argmax,
         grad_x,
@@ -357,20 +470,22 @@ def max_pool2d_bwd(
         w,
         p,
         q,
-        grad_x.numel(),
+        tiling["num_rows"],
         *stride,
         *padding,
         *dilation,
-        *grad_y.stride(),
-        *argmax.stride(),
-        *grad_x.stride(),
+        *_strides(grad_y),
+        *_strides(argmax),
+        *_strides(grad_x),
         KH=kernel_size[0],
         KW=kernel_size[1],
         CANDIDATES_H=_candidate_count(dilation[0] * (kernel_size[0] - 1) + 1, stride[0]),
         CANDIDATES_W=_candidate_count(dilation[1] * (kernel_size[1] - 1) + 1, stride[1]),
         CHANNELS_LAST=memory_format == torch.channels_last,
         INDEX_64=_needs_int64(grad_y, grad_x),
-        BLOCK=BLOCK_SIZE,
+        VEC=tiling["VEC"],
+        BLOCK_R=tiling["BLOCK_R"],
+        BLOCK_I=tiling["BLOCK_I"],
         num_warps=NUM_WARPS,
     )
     return grad_x
@@ -390,7 +505,7 @@ def _avg_pool2d_fwd_kernel(
     W,
     P,
     Q,
-    numel_y,
+    num_rows,
     step_h,
     step_w,
     pad_h,
@@ -411,21 +526,28 @@ def _avg_pool2d_fwd_kernel(
     COUNT_INCLUDE_PAD: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    VEC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
 ):
     """y[n, c, p, q] = sum of x over window (p, q) / divisor(p, q).
 
     x: (N, C, H, W); y: (N, C, P, Q), P = (H + 2*pad_h - KH) / step_h + 1 (floor, or ceil in
     ceil_mode). The divisor is ``divisor_override`` if non-zero, else the window's size
     clipped to the padded input (COUNT_INCLUDE_PAD) or to the input.
+    Each program writes one (BLOCK_R x BLOCK_I) tile of y (see :func:`_tile`).
     """
-    offs = _flat_offsets(BLOCK, INDEX_64)
-    in_range = offs < numel_y
-    n, c, p, q = _unravel(offs, C, P, Q, CHANNELS_LAST)
+    n, c, p, q, in_range = _tile(C, P, Q, num_rows, CHANNELS_LAST, INDEX_64, VEC, BLOCK_R, BLOCK_I)
+    stride_xn, stride_xc, stride_xh, stride_xw = _aligned_strides(
+        stride_xn, stride_xc, stride_xh, stride_xw, CHANNELS_LAST, VEC
+    )
+    stride_yn, stride_yc, stride_yh, stride_yw = _aligned_strides(
+        stride_yn, stride_yc, stride_yh, stride_yw, CHANNELS_LAST, VEC
+    )
     x_base = x_ptr + n * stride_xn + c * stride_xc
     h_start = p * step_h - pad_h
     w_start = q * step_w - pad_w
-    acc = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_I], tl.float32)
     for r in tl.static_range(KH):
         h = h_start + r
         h_ok = in_range & (h >= 0) & (h < H)
@@ -453,7 +575,7 @@ def _avg_pool2d_bwd_kernel(
     W,
     P,
     Q,
-    numel_x,
+    num_rows,
     step_h,
     step_w,
     pad_h,
@@ -476,22 +598,29 @@ def _avg_pool2d_bwd_kernel(
     COUNT_INCLUDE_PAD: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    VEC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
 ):
     """grad_x[n, c, h, w] = sum over windows (p, q) covering (h, w) of grad_y / divisor(p, q).
 
     grad_y: (N, C, P, Q); grad_x: (N, C, H, W). Window p covers h when
     0 <= h + pad_h - p*step_h < KH; at most CANDIDATES_H windows do.
+    Each program writes one (BLOCK_R x BLOCK_I) tile of grad_x (see :func:`_tile`).
     """
-    offs = _flat_offsets(BLOCK, INDEX_64)
-    in_range = offs < numel_x
-    n, c, h, w = _unravel(offs, C, H, W, CHANNELS_LAST)
+    n, c, h, w, in_range = _tile(C, H, W, num_rows, CHANNELS_LAST, INDEX_64, VEC, BLOCK_R, BLOCK_I)
+    stride_gyn, stride_gyc, stride_gyh, stride_gyw = _aligned_strides(
+        stride_gyn, stride_gyc, stride_gyh, stride_gyw, CHANNELS_LAST, VEC
+    )
+    stride_gxn, stride_gxc, stride_gxh, stride_gxw = _aligned_strides(
+        stride_gxn, stride_gxc, stride_gxh, stride_gxw, CHANNELS_LAST, VEC
+    )
     gy_base = grad_y_ptr + n * stride_gyn + c * stride_gyc
     padded_h = h + pad_h
     padded_w = w + pad_w
     last_p = padded_h // step_h
     last_q = padded_w // step_w
-    acc = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_I], tl.float32)
     for i in tl.static_range(CANDIDATES_H):
         p = last_p - i
         p_ok = in_range & (p >= 0) & (p < P) & (padded_h - p * step_h < KH)
@@ -534,7 +663,8 @@ def avg_pool2d_fwd(
     y = _empty((n, c, p, q), x, memory_format)
     if y.numel() == 0:
         return y
-    _avg_pool2d_fwd_kernel[_grid(y.numel(), BLOCK_SIZE)](
+    tiling = _tiling(y, memory_format == torch.channels_last, x)
+    _avg_pool2d_fwd_kernel[tiling["grid"]](
         x,
         y,
         c,
@@ -542,18 +672,20 @@ def avg_pool2d_fwd(
         w,
         p,
         q,
-        y.numel(),
+        tiling["num_rows"],
         *stride,
         *padding,
         divisor_override or 0,
-        *x.stride(),
-        *y.stride(),
+        *_strides(x),
+        *_strides(y),
         KH=kernel_size[0],
         KW=kernel_size[1],
         COUNT_INCLUDE_PAD=count_include_pad,
         CHANNELS_LAST=memory_format == torch.channels_last,
         INDEX_64=_needs_int64(x, y),
-        BLOCK=BLOCK_SIZE,
+        VEC=tiling["VEC"],
+        BLOCK_R=tiling["BLOCK_R"],
+        BLOCK_I=tiling["BLOCK_I"],
         num_warps=NUM_WARPS,
     )
     return y
@@ -575,7 +707,8 @@ def avg_pool2d_bwd(
     grad_x = _empty(input_shape, grad_y, memory_format)
     if grad_x.numel() == 0:
         return grad_x
-    _avg_pool2d_bwd_kernel[_grid(grad_x.numel(), BLOCK_SIZE)](
+    tiling = _tiling(grad_x, memory_format == torch.channels_last, grad_y)
+    _avg_pool2d_bwd_kernel[tiling["grid"]](
         grad_y,
         grad_x,
         c,
@@ -583,12 +716,12 @@ def avg_pool2d_bwd(
         w,
         p,
         q,
-        grad_x.numel(),
+        tiling["num_rows"],
         *stride,
         *padding,
         divisor_override or 0,
-        *grad_y.stride(),
-        *grad_x.stride(),
+        *_strides(grad_y),
+        *_strides(grad_x),
         KH=kernel_size[0],
         KW=kernel_size[1],
         CANDIDATES_H=_candidate_count(kernel_size[0], stride[0]),
@@ -596,7 +729,9 @@ def avg_pool2d_bwd(
         COUNT_INCLUDE_PAD=count_include_pad,
         CHANNELS_LAST=memory_format == torch.channels_last,
         INDEX_64=_needs_int64(grad_y, grad_x),
-        BLOCK=BLOCK_SIZE,
+        VEC=tiling["VEC"],
+        BLOCK_R=tiling["BLOCK_R"],
+        BLOCK_I=tiling["BLOCK_I"],
         num_warps=NUM_WARPS,
     )
     return grad_x
@@ -629,20 +764,25 @@ def _adaptive_avg_pool2d_fwd_kernel(
     stride_yh,
     stride_yw,
     # meta-parameters
-    CHANNELS_LAST: tl.constexpr,
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """y[n, c, p, q] = mean of x[n, c, h_start:h_end, w_start:w_end].
+    """NCHW y[n, c, p, q] = mean of x[n, c, h_start:h_end, w_start:w_end].
 
     x: (N, C, H, W); y: (N, C, P, Q); h_start = floor(p*H/P), h_end = ceil((p+1)*H/P), likewise
-    for w. Each program reduces BLOCK_M outputs, BLOCK_K window elements at a time (window
-    element k is row k // max_window_w, column k % max_window_w).
+    for w. Each program reduces BLOCK_M outputs (y's flat NCHW order), BLOCK_K window elements
+    at a time (window element k is row k // max_window_w, column k % max_window_w), so lanes
+    walk the window rows along W.
     """
     offs = _flat_offsets(BLOCK_M, INDEX_64)
     in_range = offs < numel_y
-    n, c, p, q = _unravel(offs, C, P, Q, CHANNELS_LAST)
+    q = offs % Q
+    rest = offs // Q
+    p = rest % P
+    rest = rest // P
+    c = rest % C
+    n = rest // C
     h_start = (p * H) // P
     h_size = ((p + 1) * H + P - 1) // P - h_start
     w_start = (q * W) // Q
@@ -662,6 +802,64 @@ def _adaptive_avg_pool2d_fwd_kernel(
 
 
 @triton.jit
+def _adaptive_avg_pool2d_fwd_nhwc_kernel(
+    # pointers
+    x_ptr,
+    y_ptr,
+    # shapes
+    C,
+    H,
+    W,
+    P,
+    Q,
+    num_rows,
+    max_window_h,
+    max_window_w,
+    # strides
+    stride_xn,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    stride_yn,
+    stride_yc,
+    stride_yh,
+    stride_yw,
+    # meta-parameters
+    INDEX_64: tl.constexpr,
+    VEC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    """channels_last y[n, c, p, q] = mean of x[n, c, h_start:h_end, w_start:w_end].
+
+    x: (N, C, H, W); y: (N, C, P, Q), windows as in :func:`_adaptive_avg_pool2d_fwd_kernel`.
+    Each program writes a (BLOCK_R pixels x BLOCK_I channels) tile of y; every step of the
+    (max_window_h x max_window_w) window loop adds a (pixels x channels) tile of x.
+    """
+    n, c, p, q, in_range = _tile(C, P, Q, num_rows, True, INDEX_64, VEC, BLOCK_R, BLOCK_I)
+    stride_xn, stride_xc, stride_xh, stride_xw = _aligned_strides(
+        stride_xn, stride_xc, stride_xh, stride_xw, True, VEC
+    )
+    stride_yn, stride_yc, stride_yh, stride_yw = _aligned_strides(
+        stride_yn, stride_yc, stride_yh, stride_yw, True, VEC
+    )
+    h_start = (p * H) // P
+    h_size = ((p + 1) * H + P - 1) // P - h_start
+    w_start = (q * W) // Q
+    w_size = ((q + 1) * W + Q - 1) // Q - w_start
+    x_base = x_ptr + n * stride_xn + c * stride_xc + h_start * stride_xh + w_start * stride_xw
+    acc = tl.zeros([BLOCK_R, BLOCK_I], tl.float32)
+    for r in range(0, max_window_h):
+        for s in range(0, max_window_w):
+            ok = in_range & (r < h_size) & (s < w_size)
+            v = tl.load(x_base + r * stride_xh + s * stride_xw, mask=ok, other=0.0)
+            acc += v.to(tl.float32)
+    y = acc / (h_size * w_size).to(tl.float32)
+    y_offs = n * stride_yn + c * stride_yc + p * stride_yh + q * stride_yw
+    tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=in_range)
+
+
+@triton.jit
 def _adaptive_avg_pool2d_bwd_kernel(
     # pointers
     grad_y_ptr,
@@ -672,7 +870,7 @@ def _adaptive_avg_pool2d_bwd_kernel(
     W,
     P,
     Q,
-    numel_x,
+    num_rows,
     # strides
     stride_gyn,
     stride_gyc,
@@ -687,22 +885,29 @@ def _adaptive_avg_pool2d_bwd_kernel(
     CANDIDATES_W: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    VEC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
 ):
     """grad_x[n, c, h, w] = sum over windows (p, q) covering (h, w) of grad_y / window size.
 
     grad_y: (N, C, P, Q); grad_x: (N, C, H, W). The windows covering h are
     floor(h*P/H) <= p < ceil((h+1)*P/H), at most CANDIDATES_H of them.
+    Each program writes one (BLOCK_R x BLOCK_I) tile of grad_x (see :func:`_tile`).
     """
-    offs = _flat_offsets(BLOCK, INDEX_64)
-    in_range = offs < numel_x
-    n, c, h, w = _unravel(offs, C, H, W, CHANNELS_LAST)
+    n, c, h, w, in_range = _tile(C, H, W, num_rows, CHANNELS_LAST, INDEX_64, VEC, BLOCK_R, BLOCK_I)
+    stride_gyn, stride_gyc, stride_gyh, stride_gyw = _aligned_strides(
+        stride_gyn, stride_gyc, stride_gyh, stride_gyw, CHANNELS_LAST, VEC
+    )
+    stride_gxn, stride_gxc, stride_gxh, stride_gxw = _aligned_strides(
+        stride_gxn, stride_gxc, stride_gxh, stride_gxw, CHANNELS_LAST, VEC
+    )
     gy_base = grad_y_ptr + n * stride_gyn + c * stride_gyc
     first_p = (h * P) // H
     end_p = ((h + 1) * P + H - 1) // H
     first_q = (w * Q) // W
     end_q = ((w + 1) * Q + W - 1) // W
-    acc = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_I], tl.float32)
     for i in tl.static_range(CANDIDATES_H):
         p = first_p + i
         p_ok = in_range & (p < end_p)
@@ -731,6 +936,28 @@ def adaptive_avg_pool2d_fwd(x: Tensor, output_size: Pair) -> Tensor:
     if y.numel() == 0:
         return y
     window_h, window_w = _adaptive_max_window(h, p), _adaptive_max_window(w, q)
+    if memory_format == torch.channels_last:
+        tiling = _tiling(y, True, x)
+        _adaptive_avg_pool2d_fwd_nhwc_kernel[tiling["grid"]](
+            x,
+            y,
+            c,
+            h,
+            w,
+            p,
+            q,
+            tiling["num_rows"],
+            window_h,
+            window_w,
+            *_strides(x),
+            *_strides(y),
+            INDEX_64=_needs_int64(x, y),
+            VEC=tiling["VEC"],
+            BLOCK_R=tiling["BLOCK_R"],
+            BLOCK_I=tiling["BLOCK_I"],
+            num_warps=NUM_WARPS,
+        )
+        return y
     block_k = min(triton.next_power_of_2(window_h * window_w), ADAPTIVE_MAX_BLOCK_K)
     block_m = ADAPTIVE_TILE // block_k
     _adaptive_avg_pool2d_fwd_kernel[_grid(y.numel(), block_m)](
@@ -744,9 +971,8 @@ def adaptive_avg_pool2d_fwd(x: Tensor, output_size: Pair) -> Tensor:
         y.numel(),
         window_w,
         window_h * window_w,
-        *x.stride(),
-        *y.stride(),
-        CHANNELS_LAST=memory_format == torch.channels_last,
+        *_strides(x),
+        *_strides(y),
         INDEX_64=_needs_int64(x, y),
         BLOCK_M=block_m,
         BLOCK_K=block_k,
@@ -766,7 +992,8 @@ def adaptive_avg_pool2d_bwd(
         return grad_x
     if p == 0 or q == 0:
         return grad_x.zero_()
-    _adaptive_avg_pool2d_bwd_kernel[_grid(grad_x.numel(), BLOCK_SIZE)](
+    tiling = _tiling(grad_x, memory_format == torch.channels_last, grad_y)
+    _adaptive_avg_pool2d_bwd_kernel[tiling["grid"]](
         grad_y,
         grad_x,
         c,
@@ -774,14 +1001,16 @@ def adaptive_avg_pool2d_bwd(
         w,
         p,
         q,
-        grad_x.numel(),
-        *grad_y.stride(),
-        *grad_x.stride(),
+        tiling["num_rows"],
+        *_strides(grad_y),
+        *_strides(grad_x),
         CANDIDATES_H=_adaptive_max_window(p, h),
         CANDIDATES_W=_adaptive_max_window(q, w),
         CHANNELS_LAST=memory_format == torch.channels_last,
         INDEX_64=_needs_int64(grad_y, grad_x),
-        BLOCK=BLOCK_SIZE,
+        VEC=tiling["VEC"],
+        BLOCK_R=tiling["BLOCK_R"],
+        BLOCK_I=tiling["BLOCK_I"],
         num_warps=NUM_WARPS,
     )
     return grad_x

@@ -9,7 +9,8 @@ sized from its own tiles so that every tile axis has a full tile and a partial o
 pixels = 128 + 72 = 3 * 64 + 8 = 6 * 32 + 8; channels 1.5 x the tile; the reduction in 1.5
 chunks, or 200 rows in two split-K slices of 100). Outputs and workspaces start as NaN
 (tests/conftest.py poisons every allocation), and results are compared with float64 torch.
-Pooling has fixed configs (one per kernel), run by tests/test_pool2d.py.
+Pooling has no autotune configs (its tiles follow from the shape), tested by
+tests/test_pool2d.py.
 """
 
 import math

@@ -223,7 +223,7 @@ def conv_operands(n, c, h, w, k, r, s, stride, padding, dilation, dtype, relu):
 def dgrad_paths(h, w, r, s, stride, padding, dilation) -> set[str]:
     """The paths of the dgrad kernel that a shape takes (its stride-phase logic, in Python).
 
-    Axis 2 of dgrad's grid is the stride phase (h mod stride_h, w mod stride_w); within a
+    Each dgrad program works on one stride phase (h mod stride_h, w mod stride_w); within a
     phase a tap (r, s) applies to every pixel or to none ("taps skipped").
     """
     (sh, sw), (pad_h, pad_w), (dh, dw) = stride, padding, dilation
@@ -280,6 +280,26 @@ DGRAD_SHAPES = [
     # stride above the kernel, W = 3 < stride: a phase column past the input's edge
     pytest.param(1, 2, 5, 3, 3, 3, 2, (1, 4), (1, 0), (1, 1), id="stride1x4-W3"),
 ]
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 4])
+@pytest.mark.parametrize("dilation", [1, 2, 3, 4])
+def test_dgrad_tap_table_is_the_progression_of_hitting_taps(stride, dilation):
+    """The kernel walks, per phase, taps r0 + t*step (step = stride / gcd(stride, dilation))
+    with output offset h0 + t*tap_step: exactly the taps that hit the phase, with the output
+    pixel p = (h + pad - r*dilation) / stride of each."""
+    step = stride // math.gcd(stride, dilation)
+    tap_step = -(step * dilation) // stride
+    for pad, taps in [(p, t) for p in range(4) for t in range(1, 8)]:
+        rows = conv2d_kernels._tap_rows(stride, pad, dilation, taps)
+        assert [row[3] for row in rows] == list(range(stride))
+        for first, count, offset, phase in rows:
+            hits = [r for r in range(taps) if (phase + pad - r * dilation) % stride == 0]
+            assert [first + t * step for t in range(count)] == hits
+            for t, r in enumerate(hits):
+                for i in range(3):  # input pixel h = phase + i*stride
+                    h = phase + i * stride
+                    assert (h + pad - r * dilation) // stride == i + offset + t * tap_step
 
 
 def test_dgrad_shapes_take_every_stride_phase_path():

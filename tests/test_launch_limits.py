@@ -240,7 +240,7 @@ def test_pool_grids_within_limits_and_int64_past_2_31(pool_launches, shape, int6
     assert len(pool_launches) == 6
     for name, grid, _args, meta in pool_launches:
         assert len(grid) == 1 and 0 < grid[0] <= MAX_GRID[0], (name, grid)
-        block = meta.get("BLOCK", meta.get("BLOCK_M"))
+        block = meta.get("BLOCK_M") or meta["BLOCK_R"] * meta["BLOCK_I"]
         pooled = (7, 7) if "adaptive" in name else out
         numel = x.numel() if "bwd" in name else n * c * math.prod(pooled)
         assert grid[0] * block >= numel, name

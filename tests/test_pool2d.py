@@ -25,7 +25,15 @@ DTYPES = [
 ]
 
 # (input shape, keyword arguments, layout); layouts: "nchw", "channels_last" (output must
-# keep it) and "strided" (a non-contiguous view, every other column of a wider tensor).
+# keep it), "strided" (a non-contiguous view, every other column of a wider tensor) and
+# "strided_channels_last" (every other channel of a wider channels_last tensor: channel
+# stride 2, so the kernels take the channels_last path with a non-unit channel stride).
+#
+# The kernels write (rows x columns) tiles whose columns walk channels (channels_last) or W
+# (NCHW), at most 128 wide, with 4 (fp32 channels_last) to 1,024 rows (see ``_tiling``): the
+# last five cases of each list give a partial last column tile (130 channels, W = 133), C = 1
+# (dense, so both layouts: it takes the NCHW path) and row counts that no row tile divides.
+# C = 24 gives VEC = 8 (16-byte fp16 vectors), which the interpreter checks is a true claim.
 MAX_CASES = [
     # k2 s2: the classic non-overlapping downsample
     ((2, 3, 8, 8), {"kernel_size": 2}, "nchw"),
@@ -49,6 +57,16 @@ MAX_CASES = [
     ((2, 3, 9, 8), {"kernel_size": 2, "stride": 1}, "strided"),
     # unbatched (C, H, W) input
     ((3, 7, 7), {"kernel_size": 3, "stride": 2}, "nchw"),
+    *(
+        (shape, {"kernel_size": 3, "stride": 2, "padding": 1}, layout)
+        for shape, layout in [
+            ((1, 130, 6, 5), "channels_last"),
+            ((1, 24, 5, 4), "channels_last"),
+            ((2, 1, 7, 6), "channels_last"),
+            ((1, 2, 3, 133), "nchw"),
+            ((2, 6, 5, 4), "strided_channels_last"),
+        ]
+    ),
 ]
 
 AVG_CASES = [
@@ -76,6 +94,16 @@ AVG_CASES = [
     ((2, 3, 9, 8), {"kernel_size": 2, "stride": 1}, "strided"),
     # unbatched (C, H, W) input
     ((3, 7, 7), {"kernel_size": 2}, "nchw"),
+    *(
+        (shape, {"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False}, layout)
+        for shape, layout in [
+            ((1, 130, 6, 5), "channels_last"),
+            ((1, 24, 5, 4), "channels_last"),
+            ((2, 1, 7, 6), "channels_last"),
+            ((1, 2, 3, 133), "nchw"),
+            ((2, 6, 5, 4), "strided_channels_last"),
+        ]
+    ),
 ]
 
 ADAPTIVE_CASES = [
@@ -97,6 +125,16 @@ ADAPTIVE_CASES = [
     ((2, 3, 9, 8), {"output_size": (5, 3)}, "strided"),
     # unbatched (C, H, W) input, int output size
     ((3, 7, 6), {"output_size": 2}, "nchw"),
+    *(
+        (shape, {"output_size": (3, 2)}, layout)
+        for shape, layout in [
+            ((1, 130, 6, 5), "channels_last"),
+            ((1, 24, 5, 4), "channels_last"),
+            ((2, 1, 7, 6), "channels_last"),
+            ((1, 2, 3, 133), "nchw"),
+            ((2, 6, 5, 4), "strided_channels_last"),
+        ]
+    ),
 ]
 
 
@@ -142,12 +180,22 @@ BAD_ARGUMENT_CASES = [
 def _input(shape, layout, dtype, device, values=None):
     """A leaf tensor of ``shape`` (random normal unless ``values``) in ``layout``."""
     x = torch.randn(shape) if values is None else values
-    if layout == "channels_last":
+    if layout == "strided":
+        x = torch.stack((x, torch.randn(shape)), dim=-1)
+    elif layout == "strided_channels_last":
+        x = torch.stack((x, torch.randn(shape)), dim=-3).flatten(-4, -3)
+    if layout in ("channels_last", "strided_channels_last"):
         x = x.to(memory_format=torch.channels_last)
-    elif layout == "strided":
-        x = torch.stack((x, torch.randn(shape)), dim=-1)[..., 0]
+    # the dtype cast comes before the view: casting a view would make it dense again
+    x = x.to(device=device, dtype=dtype)
+    if layout == "strided":
+        x = x[..., 0]
+    elif layout == "strided_channels_last":
+        x = x[:, ::2]
+        assert x.stride(1) == 2
+    if layout.startswith("strided"):
         assert not x.is_contiguous()
-    return x.to(device=device, dtype=dtype).requires_grad_()
+    return x.requires_grad_()
 
 
 def _check_against_torch(op, reference, x, kwargs, atol, rtol, layout):
@@ -162,7 +210,7 @@ def _check_against_torch(op, reference, x, kwargs, atol, rtol, layout):
     (grad_x,) = torch.autograd.grad(y, x, grad_y.to(x.device))
     (grad_x_ref,) = torch.autograd.grad(y_ref, x_ref, grad_y.double())
     assert_close(grad_x.cpu().double(), grad_x_ref, atol=atol, rtol=rtol)
-    if layout == "channels_last":
+    if layout in ("channels_last", "strided_channels_last"):
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert grad_x.is_contiguous(memory_format=torch.channels_last)
 
@@ -263,6 +311,29 @@ def test_int64_index_path_matches_torch(
     monkeypatch.setattr(pool_kernels, "_needs_int64", lambda *tensors: True)
     x = _input((2, 3, 7, 6), layout, torch.float32, device)
     _check_against_torch(op, reference, x, kwargs, 1e-5, 1e-5, layout)
+
+
+@pytest.mark.parametrize(
+    "shape, channels_last, dtype, expected",
+    [
+        # C = 24: 16-byte fp16 vectors although no stride is a multiple of 16
+        ((2, 24, 5, 4), True, torch.float16, {"VEC": 8, "BLOCK_R": 32, "BLOCK_I": 32}),
+        # C = 130: two column tiles of 128, the last one partial; VEC 2 divides 130
+        ((2, 130, 3, 3), True, torch.float32, {"VEC": 2, "BLOCK_R": 4, "BLOCK_I": 128}),
+        # C = 5: no vectors; the columns are padded to 8
+        ((2, 5, 3, 3), True, torch.bfloat16, {"VEC": 1, "BLOCK_R": 128, "BLOCK_I": 8}),
+        # NCHW: columns walk W = 56, 512-element tiles whatever the dtype
+        ((2, 3, 56, 56), False, torch.float16, {"VEC": 8, "BLOCK_R": 8, "BLOCK_I": 64}),
+    ],
+)
+def test_tiling_picks_the_vector_width_and_tile(shape, channels_last, dtype, expected):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    t = torch.empty(shape, dtype=dtype, device="meta").contiguous(memory_format=memory_format)
+    tiling = pool_kernels._tiling(t, channels_last)
+    assert {k: tiling[k] for k in expected} == expected
+    inner = shape[1] if channels_last else shape[3]
+    tiles = -(-t.numel() // inner // expected["BLOCK_R"]) * -(-inner // expected["BLOCK_I"])
+    assert tiling["grid"] == (tiles,)
 
 
 def test_needs_int64_counts_the_span_of_strided_views():

@@ -48,6 +48,7 @@ from fastconv.kernels.conv2d_wgrad import (
 from fastconv.kernels.launch import (
     INTERPRETER_CONFIGS,
     checked_grid,
+    dot_kind,
     input_precision,
     launch,
     needs_int64,
@@ -60,7 +61,6 @@ __all__ = [
     "conv2d_bwd_weight",
     "conv2d_fwd",
     "conv_configs",
-    "dot_kind",
     "needs_int64",
     "relu_grad",
     "wgrad_configs",
@@ -104,13 +104,6 @@ def conv_configs(kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER) -> 
     if interpreter:
         return INTERPRETER_CONFIGS
     return [tile_config(*tile) for tile in TILES[kind]]
-
-
-def dot_kind(dtype: torch.dtype) -> str:
-    """The config list a dtype uses: "fp16" (fp16, bf16), "tf32" or "ieee" (fp32)."""
-    if dtype != torch.float32:
-        return "fp16"
-    return input_precision(dtype)
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:

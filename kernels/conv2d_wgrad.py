@@ -1,8 +1,12 @@
-"""Weight gradient of conv2d (and the bias gradient in the same pass) as a Triton kernel.
+"""Weight gradient of conv2d (and the bias gradient in the same launch) as a Triton kernel.
 
-``grad_w`` is a GEMM with M = K output channels, N = C*R*S and the reduction over the N*P*Q
-output pixels, split across programs (split-K) into an fp32 workspace that is summed
-afterwards, which keeps the result deterministic.
+``grad_w`` is a GEMM ``g^T x`` with M = K output channels, N = (tap r, s ; input channel c)
+with c fastest, and the reduction over the N*P*Q output pixels, split across programs
+(split-K) into an fp32 workspace that is summed afterwards, which keeps the result
+deterministic. The operands are read in NHWC (channels_last): for one tap, a program's x
+tile is a box of pixels x channels, contiguous along the channels, and its g tile a box of
+pixels x output channels, so both load as 16-byte vectors that the pipeliner copies
+asynchronously into shared memory (``cp.async`` / ``LDGSTS``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from fastconv.kernels.launch import (
     INTERPRETER_CONFIGS,
     MAX_GRID,
     checked_grid,
+    dot_kind,
     input_precision,
     launch,
     needs_int64,
     tile_config,
 )
+from fastconv.kernels.layout import nhwc, nhwc_strides
 
 __all__ = ["conv2d_bwd_weight", "wgrad_configs", "wgrad_partition", "wgrad_split"]
 
@@ -36,25 +42,50 @@ WGRAD_NOMINAL_TILE = 64 * 64
 # Cap on the fp32 wgrad workspace (elements) so huge weights do not split needlessly.
 WGRAD_MAX_WORKSPACE = 1 << 26
 
-WGRAD_TILES = [  # (output channels, C*R*S, output pixels, stages, warps)
-    (64, 64, 16, 3, 4),
-    (64, 32, 32, 4, 4),  # few output channels
-    (32, 64, 16, 4, 4),
+WGRAD_TILES = [  # (output channels, input channels of one tap, output pixels, stages, warps)
+    (64, 128, 64, 4, 4),  # wgmma 64x128: 4 warps leave 128x128 and 128x64 spilling (sm_80)
+    (64, 64, 64, 4, 4),
+    (64, 32, 64, 4, 4),  # few input channels (the C=3 stem, padded to 16)
 ]
-# IEEE fp32 dots run on FMA units and hold more registers per tile: BLOCK_K 16 avoids spills.
-_IEEE_BLOCK_K = 16
+# The kernel reads channels padded to a multiple of this (see _nhwc).
+_CHANNEL_MULTIPLE = 16
+# Largest BLOCK_K per dot kind: fp32 operands take twice the shared memory of fp16 per stage
+# (tf32 halves BLOCK_K); IEEE fp32 dots run on FMA units and hold more registers per tile
+# (BLOCK_K 16 avoids spills).
+MAX_BLOCK_K = {"fp16": 64, "tf32": 32, "ieee": 16}
 
 
 def wgrad_configs(
-    ieee: bool = False, interpreter: bool = TRITON_INTERPRETER
+    kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER
 ) -> list[triton.Config]:
-    """wgrad configs; ``interpreter=False`` gives the GPU list even under the interpreter."""
+    """wgrad configs for a dot ``kind``: "fp16" (fp16 and bf16), "tf32" or "ieee" (fp32 with
+    tf32 off). ``interpreter=False`` gives the GPU list even under the interpreter."""
     if interpreter:
         return INTERPRETER_CONFIGS
-    return [
-        tile_config(m, n, min(k, _IEEE_BLOCK_K) if ieee else k, s, w)
-        for m, n, k, s, w in WGRAD_TILES
-    ]
+    cap = MAX_BLOCK_K[kind]
+    return [tile_config(m, n, min(k, cap), s, w) for m, n, k, s, w in WGRAD_TILES]
+
+
+@triton.jit
+def _rows_to_pixels(rows, P, Q):
+    """(n, p, q) of the flattened output pixels ``rows`` = (n*P + p)*Q + q."""
+    return rows // Q // P, (rows // Q) % P, rows % Q
+
+
+@triton.jit
+def _next_rows(n, p, q, dn, dp, dq, P, Q):
+    """(n, p, q) of the rows BLOCK_K = (dn*P + dp)*Q + dq further on, without division.
+
+    q + dq < 2*Q and p + dp + 1 < 2*P: each coordinate carries at most once.
+    """
+    q += dq
+    q_wraps = q >= Q
+    q = tl.where(q_wraps, q - Q, q)
+    p += tl.where(q_wraps, dp + 1, dp)
+    p_wraps = p >= P
+    p = tl.where(p_wraps, p - P, p)
+    n += tl.where(p_wraps, dn + 1, dn)
+    return n, p, q
 
 
 @triton.jit
@@ -79,13 +110,11 @@ def _conv2d_bwd_weight_kernel(
     dil_h,
     dil_w,
     rows_per_split,
-    # strides
+    # strides (the channel strides are 1: NHWC)
     stride_dyn,
-    stride_dyk,
     stride_dyp,
     stride_dyq,
     stride_xn,
-    stride_xc,
     stride_xh,
     stride_xw,
     # meta-parameters
@@ -98,72 +127,106 @@ def _conv2d_bwd_weight_kernel(
     BLOCK_K: tl.constexpr,
     INDEX_64: tl.constexpr = False,
 ):
-    """Partial grad_w (SPLIT, K, C*R*S) and grad_b (SPLIT, K) in fp32 over a slice of N*P*Q.
+    """Partial grad_w (SPLIT, K, R*S*C) and grad_b (SPLIT, K) in fp32 over a slice of N*P*Q.
 
-    grad_w[k, c, r, s] = sum_{n, p, q} g[n, k, p, q] * x[n, c, p*stride_h - pad_h + r*dil_h,
-    q*stride_w - pad_w + s*dil_w] and grad_b[k] = sum_{n, p, q} g[n, k, p, q], with g =
-    grad_y (N, K, P, Q) (ReLU-masked by the caller) and x (N, C, H, W).
-    Program z of grid axis 2 reduces rows [z*rows_per_split, (z+1)*rows_per_split) of the
-    N*P*Q pixels; the caller sums the SPLIT partial results. Grid: (cdiv(K, BLOCK_M),
-    cdiv(C*R*S, BLOCK_N), SPLIT). grad_b is written by the programs with pid_n == 0.
+    With g = grad_y (N, P, Q, K) (ReLU-masked by the caller) and x (N, H, W, C), both NHWC
+    with unit channel stride, and the output pixels flattened to rows i = (n*P + p)*Q + q::
+
+        grad_w[k, r, s, c] = sum_i g[i, k] * x[n, p*stride_h - pad_h + r*dil_h,
+                                               q*stride_w - pad_w + s*dil_w, c]
+        grad_b[k] = sum_i g[i, k]
+
+    (x is zero outside the image). For one tap (r, s) this is the GEMM ``g^T @ X_rs`` with
+    X_rs (rows, C) the shifted input. Grid: (cdiv(K, BLOCK_M) * R*S * cdiv(C, BLOCK_N), 1,
+    SPLIT). Axis 0 is (tap, channel block, output-channel block), the output-channel block
+    fastest; program z of axis 2 reduces rows [z*rows_per_split, (z+1)*rows_per_split) and
+    the caller sums the SPLIT partial results. Each step of the main loop takes BLOCK_K rows:
+    a (BLOCK_K, BLOCK_M) tile of g and a (BLOCK_K, BLOCK_N) tile of x, both contiguous along
+    the channels, and accumulates ``tl.dot(g^T, x)`` into a (BLOCK_M, BLOCK_N) fp32 tile.
+    The rows' (n, p, q) are decomposed once before the loop and then advanced by BLOCK_K rows
+    = (dn images, dp rows, dq columns) per step with compares and adds: no division in the
+    loop. grad_b is summed after the main loop, by the programs of the first (tap, channel)
+    block only, from the same g rows.
     """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid = tl.program_id(0)
     pid_z = tl.program_id(2)
-    CRS = C * R * S
+    m_blocks = tl.cdiv(K, BLOCK_M)
+    c_blocks = tl.cdiv(C, BLOCK_N)
+    pid_m = pid % m_blocks
+    pid_n = pid // m_blocks  # (tap, channel block), the channel block fastest
+    tap = pid_n // c_blocks
+    r = tap // S
+    s = tap % S
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channel k
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (c, r, s), flattened
-    offs_k = tl.arange(0, BLOCK_K)  # output pixel (n, p, q) within a chunk
-    if INDEX_64:  # channel * channel-stride can pass 2**31 within one sample too
-        offs_m = offs_m.to(tl.int64)
-        offs_n = offs_n.to(tl.int64)
-        offs_k = offs_k.to(tl.int64)  # rows = row0 + offs_k in int64 whatever row0's type
-    mask_m = offs_m < K
-    mask_n = offs_n < CRS
-    s = offs_n % S
-    r = (offs_n // S) % R
-    c = offs_n // (R * S)
-    if INDEX_64:  # N*P*Q or an offset within one sample can pass 2**31: pixel math in i64
+    offs_c = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel c
+    offs_k = tl.arange(0, BLOCK_K)  # row (output pixel) within a step
+    if INDEX_64:  # N*P*Q, a workspace offset or an offset within one sample can pass 2**31
         pid_z = pid_z.to(tl.int64)
+        offs_m = offs_m.to(tl.int64)
+        offs_c = offs_c.to(tl.int64)
         rows_total = tl.cast(N, tl.int64) * P * Q
     else:
         rows_total = N * P * Q
+    mask_m = offs_m < K
+    mask_c = offs_c < C
     row_start = pid_z * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, rows_total)
 
+    # (n, p, q) of the first step's rows, and how BLOCK_K rows advance them.
+    n, p, q = _rows_to_pixels(row_start + offs_k, P, Q)
+    dq = BLOCK_K % Q
+    dp = (BLOCK_K // Q) % P
+    dn = BLOCK_K // Q // P
+    h_tap = r * dil_h - pad_h
+    w_tap = s * dil_w - pad_w
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    bias_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for row0 in range(row_start, row_end, BLOCK_K):
-        rows = row0 + offs_k
-        mask_rows = rows < row_end
-        q = rows % Q
-        p = (rows // Q) % P
-        n = (rows // Q // P).to(tl.int64)
-        # g^T tile (BLOCK_M channels, BLOCK_K pixels)
-        mask_g = mask_m[:, None] & mask_rows[None, :]
-        dy_pix = n * stride_dyn + p * stride_dyp + q * stride_dyq
-        g = tl.load(dy_ptr + offs_m[:, None] * stride_dyk + dy_pix[None, :], mask=mask_g, other=0.0)
-        # x tile (BLOCK_K pixels, BLOCK_N taps)
-        h = (p * stride_h - pad_h)[:, None] + (r * dil_h)[None, :]
-        w = (q * stride_w - pad_w)[:, None] + (s * dil_w)[None, :]
-        mask_x = mask_rows[:, None] & mask_n[None, :] & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        x_offs = (n * stride_xn)[:, None] + (c * stride_xc)[None, :] + h * stride_xh
-        x_tile = tl.load(x_ptr + x_offs + w * stride_xw, mask=mask_x, other=0.0)
-        acc = tl.dot(g.to(x_tile.dtype), x_tile, acc, input_precision=INPUT_PRECISION)
-        if BIAS_GRAD:
-            bias_acc += tl.sum(g.to(tl.float32), axis=1)
+        mask_rows = offs_k < row_end - row0
+        n64 = n.to(tl.int64)  # batch offsets in int64
+        # g tile (BLOCK_K rows, BLOCK_M output channels)
+        dy_rows = n64 * stride_dyn + p * stride_dyp + q * stride_dyq
+        g = tl.load(
+            dy_ptr + dy_rows[:, None] + offs_m[None, :],
+            mask=mask_rows[:, None] & mask_m[None, :],
+            other=0.0,
+        )
+        # x tile (BLOCK_K rows, BLOCK_N input channels) at tap (r, s), zero in the padding
+        h = p * stride_h + h_tap
+        w = q * stride_w + w_tap
+        mask_x = mask_rows & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+        x_rows = n64 * stride_xn + h * stride_xh + w * stride_xw
+        x_tile = tl.load(
+            x_ptr + x_rows[:, None] + offs_c[None, :],
+            mask=mask_x[:, None] & mask_c[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(tl.trans(g.to(x_tile.dtype)), x_tile, acc, input_precision=INPUT_PRECISION)
+        n, p, q = _next_rows(n, p, q, dn, dp, dq, P, Q)
 
-    dw_ptrs = dw_ptr + pid_z * K * CRS + offs_m[:, None] * CRS + offs_n[None, :]
-    tl.store(dw_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
-    if BIAS_GRAD:
-        tl.store(db_ptr + pid_z * K + offs_m, bias_acc, mask=mask_m & (pid_n == 0))
+    crs = C * R * S
+    dw_offs = pid_z * K * crs + offs_m[:, None] * crs + tap * C + offs_c[None, :]
+    tl.store(dw_ptr + dw_offs, acc, mask=mask_m[:, None] & mask_c[None, :])
+    if BIAS_GRAD:  # noqa: SIM102 (a constexpr test alone: no bias code without BIAS_GRAD)
+        if pid_n == 0:  # one program per output-channel block sums g over its rows
+            bias_acc = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
+            n, p, q = _rows_to_pixels(row_start + offs_k, P, Q)
+            for row0 in range(row_start, row_end, BLOCK_K):
+                dy_rows = n.to(tl.int64) * stride_dyn + p * stride_dyp + q * stride_dyq
+                mask_g = (offs_k < row_end - row0)[:, None] & mask_m[None, :]
+                g = tl.load(dy_ptr + dy_rows[:, None] + offs_m[None, :], mask=mask_g, other=0.0)
+                bias_acc += g.to(tl.float32)
+                n, p, q = _next_rows(n, p, q, dn, dp, dq, P, Q)
+            tl.store(db_ptr + pid_z * K + offs_m, tl.sum(bias_acc, axis=0), mask=mask_m)
 
 
-_WGRAD_KEY = ["C", "K", "P", "Q", "R", "S", "rows_per_split"]
-_conv2d_wgrad_tuned = triton.autotune(wgrad_configs(), _WGRAD_KEY)(_conv2d_bwd_weight_kernel)
-_conv2d_wgrad_tuned_ieee = triton.autotune(wgrad_configs(ieee=True), _WGRAD_KEY)(
-    _conv2d_bwd_weight_kernel
-)
+# One autotuner per operand type; the key is what changes the best tile and pipeline (the
+# autotuner adds the tensors' dtypes).
+_WGRAD_KEY = ["C", "K", "P", "Q", "R", "S", "stride_h", "stride_w", "rows_per_split"]
+_TUNED = {
+    kind: triton.autotune(wgrad_configs(kind), _WGRAD_KEY)(_conv2d_bwd_weight_kernel)
+    for kind in MAX_BLOCK_K
+}
 
 
 def wgrad_split(rows: int, weight_numel: int) -> int:
@@ -193,6 +256,23 @@ def wgrad_partition(rows: int, weight_numel: int, split: int | None = None) -> t
     return rows_per_split, triton.cdiv(rows, rows_per_split)
 
 
+def _nhwc(t: Tensor) -> Tensor:
+    """``t`` (N, C, H, W) as NHWC with unit channel stride and C padded to a multiple of 16.
+
+    A tensor whose samples already are dense channels-last with a multiple of 16 channels is
+    used as it is (an expanded batch too); otherwise it is copied, the padding channels zero.
+    16 channels make every row of a tile 16-byte aligned, so the kernel's loads become
+    asynchronous 16-byte copies.
+    """
+    n, c, h, w = t.shape
+    channels = triton.cdiv(c, _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
+    if channels == c:
+        return nhwc(t)
+    padded = alloc.zeros((n, h, w, channels), dtype=t.dtype, device=t.device)
+    padded[..., :c] = t.permute(0, 2, 3, 1)
+    return padded.permute(0, 3, 1, 2)
+
+
 def conv2d_bwd_weight(
     grad_y: Tensor,
     x: Tensor,
@@ -207,10 +287,11 @@ def conv2d_bwd_weight(
     """(grad_w (K, C, R, S), grad_b (K,) or None) from grad_y (N, K, P, Q) and x (N, C, H, W).
 
     ``grad_y`` is the gradient of the convolution's output (a fused ReLU's mask already
-    applied: :func:`fastconv.kernels.conv2d.relu_grad`). The N*P*Q reduction is split
-    across programs into an fp32 workspace, then summed and cast to x's dtype; ``split``
-    overrides the number of programs (see :func:`wgrad_partition`) and
-    ``config`` the autotuner's choice of config.
+    applied: :func:`fastconv.kernels.conv2d.relu_grad`). The kernel reads both in NHWC
+    with the channels padded to a multiple of 16 (a copy where they are not already). The
+    N*P*Q reduction is split across programs into an fp32 workspace, then summed and cast to
+    x's dtype; ``split`` overrides the number of programs (see :func:`wgrad_partition`) and
+    ``config`` the autotuner's choice of config. grad_w is contiguous (K, C, R, S).
     """
     n, c, h, w = x.shape
     k, _, r, s = weight_shape
@@ -221,31 +302,34 @@ def conv2d_bwd_weight(
         grad_w = alloc.zeros((k, c, r, s), dtype=x.dtype, device=x.device)
         grad_b = alloc.zeros((k,), dtype=x.dtype, device=x.device) if need_bias_grad else None
         return grad_w, grad_b
+    grad_y, x = _nhwc(grad_y), _nhwc(x)
+    k_pad, c_pad = grad_y.shape[1], x.shape[1]
     rows_per_split, split = wgrad_partition(rows, k * crs, split)
     # Every element of the workspaces is written by exactly one program: no zero-fill needed.
-    grad_w_parts = alloc.empty((split, k, crs), dtype=torch.float32, device=x.device)
+    grad_w_parts = alloc.empty((split, k_pad, r * s * c_pad), dtype=torch.float32, device=x.device)
     grad_b_parts = (  # with no bias gradient, an unwritten stand-in pointer
-        alloc.empty((split, k), dtype=torch.float32, device=x.device)
+        alloc.empty((split, k_pad), dtype=torch.float32, device=x.device)
         if need_bias_grad
         else grad_w_parts
     )
 
     def grid(meta):
-        grid = triton.cdiv(k, meta["BLOCK_M"]), triton.cdiv(crs, meta["BLOCK_N"]), split
-        return checked_grid(grid, "conv2d weight gradient")
+        blocks = triton.cdiv(k_pad, meta["BLOCK_M"]) * r * s * triton.cdiv(c_pad, meta["BLOCK_N"])
+        return checked_grid((blocks, 1, split), "conv2d weight gradient")
 
     precision = input_precision(x.dtype)
-    tuned = _conv2d_wgrad_tuned_ieee if precision == "ieee" else _conv2d_wgrad_tuned
+    tuned = _TUNED[dot_kind(x.dtype)]
     args = (
         grad_y, x, grad_w_parts, grad_b_parts,
-        n, c, h, w, k, p, q, *stride, *padding, *dilation, rows_per_split,
-        *grad_y.stride(), *x.stride(),
+        n, c_pad, h, w, k_pad, p, q, *stride, *padding, *dilation, rows_per_split,
+        *nhwc_strides(grad_y), *nhwc_strides(x),
     )  # fmt: skip
     meta = dict(
         R=r, S=s, BIAS_GRAD=need_bias_grad,
         INPUT_PRECISION=precision, INDEX_64=needs_int64(rows, grad_y, x, grad_w_parts),
     )  # fmt: skip
     launch(tuned, _conv2d_bwd_weight_kernel, config, grid, args, meta)
-    grad_w = grad_w_parts.sum(0).view(k, c, r, s).to(x.dtype)
-    grad_b = grad_b_parts.sum(0).to(x.dtype) if need_bias_grad else None
+    grad_w = grad_w_parts.sum(0).view(k_pad, r, s, c_pad)[:k, :, :, :c].permute(0, 3, 1, 2)
+    grad_w = grad_w.to(x.dtype, memory_format=torch.contiguous_format)
+    grad_b = grad_b_parts.sum(0)[:k].to(x.dtype) if need_bias_grad else None
     return grad_w, grad_b

@@ -13,6 +13,7 @@ __all__ = [
     "MAX_GRID",
     "MAX_NUM_WARPS",
     "checked_grid",
+    "dot_kind",
     "input_precision",
     "launch",
     "needs_int64",
@@ -56,6 +57,14 @@ def input_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
         return "ieee"
     return "tf32"
+
+
+def dot_kind(dtype: torch.dtype) -> str:
+    """The autotune config list a dtype uses: "fp16" (fp16, bf16), "tf32" or "ieee" (fp32,
+    as :func:`input_precision` decides)."""
+    if dtype != torch.float32:
+        return "fp16"
+    return input_precision(dtype)
 
 
 def launch(tuned, kernel, config: triton.Config | None, grid, args, meta) -> None:

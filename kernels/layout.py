@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["element_span", "has_nhwc_samples", "memory_format_of", "nhwc", "nhwc_strides"]
+__all__ = ["element_span", "memory_format_of", "nhwc", "nhwc_strides"]
 
 
 def memory_format_of(t: Tensor) -> torch.memory_format:
@@ -34,23 +34,16 @@ def element_span(t: Tensor) -> int:
     return 1 + sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride(), strict=True))
 
 
-def has_nhwc_samples(t: Tensor) -> bool:
-    """Whether each sample of ``t`` (N, C, H, W) is dense channels-last (any batch stride)."""
-    _, c, h, w = t.shape
-    return all(
-        size == 1 or t.stride(dim) == step
-        for dim, size, step in ((1, c, 1), (3, w, c), (2, h, w * c))
-    )
-
-
 def nhwc(t: Tensor) -> Tensor:
-    """``t`` with dense channels-last samples: ``t`` itself when its samples already are (an
-    expanded batch included), else a channels-last copy."""
-    return t if has_nhwc_samples(t) else t.contiguous(memory_format=torch.channels_last)
+    """``t`` (N, C, H, W) with unit channel stride: ``t`` itself when it has one (a
+    channels_last tensor, a view of one, an expanded batch), else a channels_last copy."""
+    if t.shape[1] == 1 or t.stride(1) == 1:
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 def nhwc_strides(t: Tensor) -> tuple[int, int, int]:
-    """(n, h, w) strides of ``t`` with dense channels-last samples, from its shape: torch may
-    give size-1 dimensions any stride, which would hide the 16-byte alignment of rows."""
-    _, c, h, w = t.shape
-    return t.stride(0) if t.shape[0] > 1 else h * w * c, w * c, c
+    """(n, h, w) strides of ``t`` for a kernel that takes the channel stride to be 1, with
+    the stride of a size-1 dimension as 0: torch may give those any value, which would hide
+    the 16-byte alignment of the rows from Triton's specialization."""
+    return tuple(0 if t.shape[dim] == 1 else t.stride(dim) for dim in (0, 2, 3))

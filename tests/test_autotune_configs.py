@@ -3,7 +3,7 @@ a GPU's autotuner would pick; and every config follows the num_warps rule.
 
 Under the interpreter the autotuners hold one config only, so each GPU config (from the
 kernels' own config factories, ``interpreter=False``: the fp16, tf32 and IEEE lists of the
-implicit GEMM, run as the forward, dgrad and dgrad at stride 2, and wgrad's lists) is
+implicit GEMM, run as the forward, dgrad and dgrad at stride 2, and wgrad's three) is
 launched explicitly through the launchers' ``config`` argument. Each runs one small shape
 sized from its own tiles so that every tile axis has a full tile and a partial one (200
 pixels = 128 + 72 = 3 * 64 + 8 = 6 * 32 + 8; channels 1.5 x the tile; the reduction in 1.5
@@ -24,24 +24,22 @@ from fastconv.kernels import conv2d as ck
 from fastconv.kernels import conv2d_wgrad as wk
 from fastconv.kernels import launch
 
-# implicit-GEMM config list -> (allow_tf32, the dtypes it serves)
-CONV_KINDS = {"fp16": (True, [torch.float16]), "tf32": (True, [torch.float32])}
-CONV_KINDS["ieee"] = (False, [torch.float32])
+# config list (dot kind) -> (allow_tf32, the dtypes it serves)
+DOT_KINDS = {"fp16": (True, [torch.float16]), "tf32": (True, [torch.float32])}
+DOT_KINDS["ieee"] = (False, [torch.float32])
 
 
 def config_lists():
     """{op: [(list name, allow_tf32, dtypes, configs)]} of every GPU config list."""
-    lists = {}
-    for op in ("fwd", "dgrad", "dgrad-stride2"):
-        lists[op] = [
-            (kind, tf32, dtypes, ck.conv_configs(kind, interpreter=False))
-            for kind, (tf32, dtypes) in CONV_KINDS.items()
+    factories = {op: ck.conv_configs for op in ("fwd", "dgrad", "dgrad-stride2")}
+    factories["wgrad"] = wk.wgrad_configs
+    return {
+        op: [
+            (kind, tf32, dtypes, factory(kind, interpreter=False))
+            for kind, (tf32, dtypes) in DOT_KINDS.items()
         ]
-    lists["wgrad"] = [
-        ("tf32", True, [torch.float16, torch.float32], wk.wgrad_configs(interpreter=False)),
-        ("ieee", False, [torch.float32], wk.wgrad_configs(ieee=True, interpreter=False)),
-    ]
-    return lists
+        for op, factory in factories.items()
+    }
 
 
 def config_id(config) -> str:

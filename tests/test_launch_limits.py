@@ -43,10 +43,11 @@ def conv_launches(monkeypatch) -> Launches:
 
 def conv_configs(kernel):
     """Every GPU config (all dot kinds) of a conv kernel."""
-    if kernel is wk._conv2d_bwd_weight_kernel:
-        return [c for ieee in (False, True) for c in wk.wgrad_configs(ieee, interpreter=False)]
-    assert kernel is ck._implicit_gemm_kernel
-    return [c for kind in ck.TILES for c in ck.conv_configs(kind, interpreter=False)]
+    factory = {
+        ck._implicit_gemm_kernel: ck.conv_configs,
+        wk._conv2d_bwd_weight_kernel: wk.wgrad_configs,
+    }[kernel]
+    return [c for kind in ck.TILES for c in factory(kind, interpreter=False)]
 
 
 def assert_grids_within_limits(launch) -> list[tuple[int, ...]]:
@@ -145,7 +146,9 @@ def test_wgrad_split_never_passes_grid_axis_2(conv_launches, monkeypatch, split)
         pytest.param(1, 9000, 512, 512, 4, 3, 3, (1, 1), (1, 1), (True,) * 3, id="one-sample"),
         # 2**30 pixels: a tile or split slice past the end could wrap int32; int64 too
         pytest.param(4096, 1, 512, 512, 1, 1, 1, (1, 1), (0, 0), (True,) * 3, id="2**30-pixels"),
-        pytest.param(1024, 1, 512, 512, 1, 1, 1, (1, 1), (0, 0), (False,) * 3, id="2**28"),
+        # 2**28 pixels: int32 for the forward and dgrad; wgrad pads x's one channel to 16,
+        # and that copy spans 2**32 elements
+        pytest.param(1024, 1, 512, 512, 1, 1, 1, (1, 1), (0, 0), (False, False, True), id="2**28"),
     ],
 )
 def test_conv_switches_to_int64_exactly_when_needed(
@@ -349,8 +352,9 @@ def test_last_tiles_past_2_31_pixels(conv_launches, run_programs, op):
 @requires_interpreter
 def test_wgrad_last_split_past_2_31_rows(conv_launches, run_programs):
     """The last split-K program of a wgrad over 2.15e9 rows sums exactly its rows."""
-    grad_y, x = expanded(2, HW, HW), expanded(3, HW, HW)
-    ck.conv2d_bwd_weight(grad_y, x, (2, 3, 1, 1), (1, 1), (0, 0), (1, 1), True)
+    # 16 channels each: wgrad reads channels_last tensors of 16k channels without a copy
+    grad_y, x = expanded(16, HW, HW), expanded(16, HW, HW)
+    ck.conv2d_bwd_weight(grad_y, x, (16, 16, 1, 1), (1, 1), (0, 0), (1, 1), True)
     (launch,) = conv_launches.calls
     _, grid, args, meta = launch
     assert meta["INDEX_64"]

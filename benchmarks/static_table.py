@@ -26,6 +26,7 @@ RESULTS = REPO / "benchmarks" / "results"
 COMMAND = "python benchmarks/static_table.py"
 COLUMNS = (
     "op",
+    "kernel",
     "layout",
     "dtype",
     "config (MxNxK-warps-stages)",
@@ -57,12 +58,14 @@ def _widths(sass: dict) -> str:
 
 def _row(e: dict) -> list[str]:
     if "error" in e:
-        return [e["op"], e["layout"], e["dtype"], e["config_tag"], "error: " + e["error"][:60]]
+        kernel, error = e["kernel"].strip("_"), "error: " + e["error"][:60]
+        return [e["op"], kernel, e["layout"], e["dtype"], e["config_tag"], error]
     loop = e["main_loop"]
     shapes = e["shapes"]
     shown = ", ".join(shapes[:2]) + (f" +{len(shapes) - 2}" if len(shapes) > 2 else "")
     return [
         e["op"],
+        e["kernel"].strip("_"),
         e["layout"],
         e["dtype"],
         e["config_tag"],

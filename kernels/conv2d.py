@@ -39,6 +39,7 @@ from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
+from fastconv.kernels.conv2d_stem import conv2d_stem_fwd, uses_stem_path
 from fastconv.kernels.conv2d_wgrad import (
     conv2d_bwd_weight,
     wgrad_configs,
@@ -372,10 +373,15 @@ def conv2d_fwd(
 
     ``padding`` is the top/left padding; ``output_size`` (P, Q) implies the bottom/right one.
     The output has x's dtype and memory format (NCHW or channels_last); the kernel reads x
-    and the weight channels-last (copied once when they are not). ``config`` runs that
-    autotune config instead of the autotuner's choice.
+    and the weight channels-last (copied once when they are not). An input of at most 8
+    channels runs :func:`fastconv.kernels.conv2d_stem.conv2d_stem_fwd`. ``config`` runs
+    that autotune config instead of the autotuner's choice.
     """
     n, c, h, w = x.shape
+    if uses_stem_path(c):  # few channels: (r, s, c) folded into one reduction
+        return conv2d_stem_fwd(
+            x, weight, bias, stride, padding, dilation, output_size, apply_relu, config
+        )
     k, _, r, s = weight.shape
     p, q = output_size
     y, y_nhwc = _nhwc_output((n, k, p, q), x)

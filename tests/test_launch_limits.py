@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from conftest import DEVICE
 
 from fastconv.kernels import conv2d as ck
+from fastconv.kernels import conv2d_stem as sk
 from fastconv.kernels import conv2d_wgrad as wk
 from fastconv.kernels import launch as lk
 from fastconv.kernels import pool2d as pk
@@ -37,6 +38,7 @@ class Launches:
 def conv_launches(monkeypatch) -> Launches:
     launches = Launches()
     monkeypatch.setattr(ck, "launch", launches)
+    monkeypatch.setattr(sk, "launch", launches)
     monkeypatch.setattr(wk, "launch", launches)
     return launches
 
@@ -45,6 +47,7 @@ def conv_configs(kernel):
     """Every GPU config (all dot kinds) of a conv kernel."""
     factory = {
         ck._implicit_gemm_kernel: ck.conv_configs,
+        sk._conv2d_stem_fwd_kernel: sk.stem_configs,
         wk._conv2d_bwd_weight_kernel: wk.wgrad_configs,
     }[kernel]
     return [c for kind in ck.TILES for c in factory(kind, interpreter=False)]
@@ -93,7 +96,7 @@ def test_conv_grids_within_hardware_limits_for_every_config(
         grids = assert_grids_within_limits(launch)
         config = conv_configs(launch[0])[0]
         bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-        if launch is fwd:  # every (output pixel tile, channel tile) has its program
+        if launch is fwd:  # every (pixel tile, channel tile) has its program (stem too)
             assert grids[0] == (math.ceil(n * p * q / bm) * math.ceil(k / bn),)
         elif launch is dgrad:  # every (pixel tile, stride phase, channel tile)
             per_phase = n * math.ceil(h / stride[0]) * math.ceil(w / stride[1])
@@ -107,10 +110,11 @@ def test_conv_grids_within_hardware_limits_for_every_config(
     assert rows_per_split * split >= n * p * q > rows_per_split * (split - 1)
 
 
-def test_channel_tiles_share_grid_axis_0(conv_launches):
+@pytest.mark.parametrize("c", [4, 16], ids=["stem", "implicit-gemm"])
+def test_channel_tiles_share_grid_axis_0(conv_launches, c):
     # 2**23 output channels: 131,072 channel tiles of 64, past the 65,535 of axes 1 and 2
-    x = torch.empty(1, 4, 2, 2, device=META)
-    weight = torch.empty(2**23, 4, 1, 1, device=META)
+    x = torch.empty(1, c, 2, 2, device=META)
+    weight = torch.empty(2**23, c, 1, 1, device=META)
     ck.conv2d_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (2, 2), False)
     _, grid, _, meta = conv_launches.calls[0]
     assert grid({**meta, "BLOCK_M": 64, "BLOCK_N": 64}) == (131_072,)
@@ -118,8 +122,8 @@ def test_channel_tiles_share_grid_axis_0(conv_launches):
 
 def test_grid_past_axis_0_limit_raises_a_clear_error(conv_launches):
     # 2**32 output pixels in 64-pixel tiles x 64 channel tiles: 2**32 programs
-    x = torch.empty(2**12, 1, 2**10, 2**10, device=META)
-    weight = torch.empty(2**12, 1, 1, 1, device=META)
+    x = torch.empty(2**12, 16, 2**10, 2**10, device=META)
+    weight = torch.empty(2**12, 16, 1, 1, device=META)
     ck.conv2d_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (2**10, 2**10), False)
     _, grid, _, meta = conv_launches.calls[0]
     with pytest.raises(ValueError, match="conv2d forward: grid axis 0 needs 4294967296 programs"):
@@ -146,9 +150,9 @@ def test_wgrad_split_never_passes_grid_axis_2(conv_launches, monkeypatch, split)
         pytest.param(1, 9000, 512, 512, 4, 3, 3, (1, 1), (1, 1), (True,) * 3, id="one-sample"),
         # 2**30 pixels: a tile or split slice past the end could wrap int32; int64 too
         pytest.param(4096, 1, 512, 512, 1, 1, 1, (1, 1), (0, 0), (True,) * 3, id="2**30-pixels"),
-        # 2**28 pixels: int32 for the forward and dgrad; wgrad pads x's one channel to 16,
-        # and that copy spans 2**32 elements
-        pytest.param(1024, 1, 512, 512, 1, 1, 1, (1, 1), (0, 0), (False, False, True), id="2**28"),
+        # 2**28 pixels: int32 for dgrad; the stem forward pads x's one channel to 4 and
+        # wgrad to 16, and those copies span 2**30 and 2**32 elements
+        pytest.param(1024, 1, 512, 512, 1, 1, 1, (1, 1), (0, 0), (True, False, True), id="2**28"),
     ],
 )
 def test_conv_switches_to_int64_exactly_when_needed(
@@ -185,8 +189,9 @@ def test_int64_index_path_matches_torch(forced_int64, triton_backend, monkeypatc
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(3)
-    x = torch.randn(2, 5, 7, 6, device=DEVICE, requires_grad=True)
-    weight = torch.randn(6, 5, 3, 3, device=DEVICE, requires_grad=True)
+    # 9 input channels: the implicit-GEMM forward (the stem kernel's own test forces it too)
+    x = torch.randn(2, 9, 7, 6, device=DEVICE, requires_grad=True)
+    weight = torch.randn(6, 9, 3, 3, device=DEVICE, requires_grad=True)
     bias = torch.randn(6, device=DEVICE, requires_grad=True)
     y = conv2d_bias_relu(x, weight, bias, stride, 1)
     grad_y = torch.randn_like(y)
@@ -323,10 +328,12 @@ def test_last_tiles_past_2_31_pixels(conv_launches, run_programs, op):
     """The last two pixel tiles of a launch over 2.15e9 pixels (13 GB output, untouched but
     for the pages written) compute and store what torch computes, where int32 pixel math
     would wrap."""
-    weight = torch.randn(3, 2, 1, 1).half()
+    # 16 input channels for the forward (8 or fewer would take the stem kernel, which copies
+    # x padded: 17 GB here); 2 output channels of dgrad
+    weight = torch.randn(3, 16 if op == "fwd" else 2, 1, 1).half()
     with ck.alloc.poison_allocations(False):
         if op == "fwd":
-            x, bias = expanded(2, HW, HW), torch.randn(3).half()
+            x, bias = expanded(16, HW, HW), torch.randn(3).half()
             out = ck.conv2d_fwd(x, weight, bias, (1, 1), (0, 0), (1, 1), (HW, HW), True)
         else:
             grad_y = expanded(3, HW, HW)
@@ -342,7 +349,7 @@ def test_last_tiles_past_2_31_pixels(conv_launches, run_programs, op):
     assert got[0].isnan().all()  # the pixel before the programs that ran: untouched
     if op == "fwd":
         x_pix = x[0, :, h[1:], w[1:]].double()  # (C, pixels) of the one stored sample
-        expected = F.relu(weight.double().reshape(3, 2) @ x_pix + bias.double()[:, None]).T
+        expected = F.relu(weight.double().reshape(3, 16) @ x_pix + bias.double()[:, None]).T
     else:
         g_pix = grad_y[0, :, h[1:], w[1:]].double()
         expected = (weight.double().reshape(3, 2).T @ g_pix).T

@@ -141,8 +141,10 @@ def _conv2d_bwd_weight_kernel(
     SPLIT). Axis 0 is (tap, channel block, output-channel block), the output-channel block
     fastest; program z of axis 2 reduces rows [z*rows_per_split, (z+1)*rows_per_split) and
     the caller sums the SPLIT partial results. Each step of the main loop takes BLOCK_K rows:
-    a (BLOCK_K, BLOCK_M) tile of g and a (BLOCK_K, BLOCK_N) tile of x, both contiguous along
-    the channels, and accumulates ``tl.dot(g^T, x)`` into a (BLOCK_M, BLOCK_N) fp32 tile.
+    the (BLOCK_M, BLOCK_K) tile g^T and a (BLOCK_K, BLOCK_N) tile of x, both contiguous
+    along the channels, and accumulates ``tl.dot(g^T, x)`` into a (BLOCK_M, BLOCK_N) fp32
+    tile. g^T is loaded transposed through its pointers, not transposed after the load
+    (``tl.trans`` of a loaded tile kept 4 synchronous loads per step on sm_80).
     The rows' (n, p, q) are decomposed once before the loop and then advanced by BLOCK_K rows
     = (dn images, dp rows, dq columns) per step with compares and adds: no division in the
     loop. grad_b is summed after the main loop, by the programs of the first (tap, channel)
@@ -184,11 +186,11 @@ def _conv2d_bwd_weight_kernel(
     for row0 in range(row_start, row_end, BLOCK_K):
         mask_rows = offs_k < row_end - row0
         n64 = n.to(tl.int64)  # batch offsets in int64
-        # g tile (BLOCK_K rows, BLOCK_M output channels)
+        # g^T tile (BLOCK_M output channels, BLOCK_K rows), contiguous along the channels
         dy_rows = n64 * stride_dyn + p * stride_dyp + q * stride_dyq
-        g = tl.load(
-            dy_ptr + dy_rows[:, None] + offs_m[None, :],
-            mask=mask_rows[:, None] & mask_m[None, :],
+        g_t = tl.load(
+            dy_ptr + offs_m[:, None] + dy_rows[None, :],
+            mask=mask_m[:, None] & mask_rows[None, :],
             other=0.0,
         )
         # x tile (BLOCK_K rows, BLOCK_N input channels) at tap (r, s), zero in the padding
@@ -201,7 +203,7 @@ def _conv2d_bwd_weight_kernel(
             mask=mask_x[:, None] & mask_c[None, :],
             other=0.0,
         )
-        acc = tl.dot(tl.trans(g.to(x_tile.dtype)), x_tile, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(g_t.to(x_tile.dtype), x_tile, acc, input_precision=INPUT_PRECISION)
         n, p, q = _next_rows(n, p, q, dn, dp, dq, P, Q)
 
     crs = C * R * S

@@ -129,14 +129,20 @@ def _check_conv_args(
     _check_tensor(weight, "weight", (4,), ref=x)
     if bias is not None:
         _check_tensor(bias, "bias", (1,), ref=x)
-    if groups != 1:
-        raise NotImplementedError(f"fastconv conv2d supports groups=1 only, got groups={groups}")
     n, c, h, w = x.shape
     k, c_w, r, s = weight.shape
-    if c_w != c:
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got groups={groups!r}")
+    if c % groups or k % groups:
         raise ValueError(
-            f"weight of shape {tuple(weight.shape)} expects {c_w} input channels but input of "
-            f"shape {tuple(x.shape)} has {c}"
+            f"groups={groups} must divide the {c} input channels of input of shape "
+            f"{tuple(x.shape)} and the {k} output channels of weight of shape "
+            f"{tuple(weight.shape)}"
+        )
+    if c_w * groups != c:
+        raise ValueError(
+            f"weight of shape {tuple(weight.shape)} with groups={groups} expects "
+            f"{c_w * groups} input channels but input of shape {tuple(x.shape)} has {c}"
         )
     if bias is not None and bias.shape[0] != k:
         raise ValueError(
@@ -168,14 +174,17 @@ class Conv2dBiasReLUFunction(torch.autograd.Function):
     """``y = relu?(conv2d(x, w) + b)``; forward and backward run the Triton kernels."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, output_size, apply_relu):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, output_size, apply_relu):
         from fastconv.kernels import conv2d as kernels
 
-        y = kernels.conv2d_fwd(x, weight, bias, stride, padding, dilation, output_size, apply_relu)
+        y = kernels.conv2d_fwd(
+            x, weight, bias, stride, padding, dilation, output_size, apply_relu, groups
+        )
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(x, weight, y if apply_relu else None)
             ctx.has_bias = bias is not None
             ctx.conv_args = (stride, padding, dilation)
+            ctx.groups = groups
         return y
 
     @staticmethod
@@ -188,7 +197,9 @@ class Conv2dBiasReLUFunction(torch.autograd.Function):
             grad_y = kernels.relu_grad(grad_y, relu_output)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = kernels.conv2d_bwd_input(grad_y, weight, x.shape, stride, padding, dilation)
+            grad_x = kernels.conv2d_bwd_input(
+                grad_y, weight, x.shape, stride, padding, dilation, ctx.groups
+            )
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
             grad_w, grad_b = kernels.conv2d_bwd_weight(
                 grad_y,
@@ -198,10 +209,11 @@ class Conv2dBiasReLUFunction(torch.autograd.Function):
                 padding,
                 dilation,
                 ctx.has_bias and ctx.needs_input_grad[2],
+                ctx.groups,
             )
             if not ctx.needs_input_grad[1]:
                 grad_w = None
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups, apply_relu: bool) -> Tensor:
@@ -218,9 +230,9 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, apply_relu: bool
     )
     if resolve_backend(x.device) == "torch":
         if before != after:  # asymmetric "same" padding: let torch resolve it
-            y = F.conv2d(x, weight, bias, stride_hw, padding, dilation_hw)
+            y = F.conv2d(x, weight, bias, stride_hw, padding, dilation_hw, groups)
         else:
-            y = F.conv2d(x, weight, bias, stride_hw, before, dilation_hw)
+            y = F.conv2d(x, weight, bias, stride_hw, before, dilation_hw, groups)
         y = F.relu(y) if apply_relu else y
     else:
         with torch.autocast(x.device.type, enabled=False):
@@ -232,6 +244,7 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, apply_relu: bool
                 stride_hw,
                 before,
                 dilation_hw,
+                groups,
                 out_hw,
                 apply_relu,
             )
@@ -250,9 +263,10 @@ def conv2d_bias_relu(
     """``relu(conv2d(input, weight) + bias)`` in one fused kernel.
 
     Same arguments as :func:`torch.nn.functional.conv2d`: ``input`` (N, C, H, W) or
-    (C, H, W), ``weight`` (K, C, R, S), ``bias`` (K,); returns (N, K, P, Q) with
+    (C, H, W), ``weight`` (K, C/groups, R, S), ``bias`` (K,); returns (N, K, P, Q) with
     ``P = (H + 2*pad_h - dil_h*(R-1) - 1) // stride_h + 1`` (likewise Q), in the input's
-    memory format (NCHW or channels_last). Only ``groups=1`` is supported.
+    memory format (NCHW or channels_last). ``groups`` splits the channels into independent
+    convolutions, as in torch (weight (K, C/groups, R, S)).
     """
     return _conv2d(input, weight, bias, stride, padding, dilation, groups, apply_relu=True)
 
@@ -266,7 +280,7 @@ def conv2d(
     dilation: IntOrPair = 1,
     groups: int = 1,
 ) -> Tensor:
-    """:func:`torch.nn.functional.conv2d` (``groups=1``) with the bias fused, no ReLU."""
+    """:func:`torch.nn.functional.conv2d` with the bias fused, no ReLU."""
     return _conv2d(input, weight, bias, stride, padding, dilation, groups, apply_relu=False)
 
 

@@ -38,10 +38,8 @@ __all__ = [
 IntOrPair = int | tuple[int, int]
 
 
-def _conv_unsupported_reason(groups: int, padding_mode: str) -> str | None:
+def _conv_unsupported_reason(padding_mode: str) -> str | None:
     """Why fastconv cannot run a convolution with these options, or None if it can."""
-    if groups != 1:
-        return f"groups={groups} is not supported (fastconv supports groups=1 only)"
     if padding_mode != "zeros":
         return (
             f"padding_mode={padding_mode!r} is not supported "
@@ -51,10 +49,10 @@ def _conv_unsupported_reason(groups: int, padding_mode: str) -> str | None:
 
 
 class Conv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` (``groups=1``, zero padding) with the bias fused in the kernel.
+    """:class:`torch.nn.Conv2d` (zero padding, any ``groups``) with the bias fused in the kernel.
 
-    Input (N, C, H, W) or (C, H, W); output (N, K, P, Q). Raises ``NotImplementedError`` for
-    ``groups != 1`` and ``ValueError`` for a ``padding_mode`` other than ``"zeros"``.
+    Input (N, C, H, W) or (C, H, W); output (N, K, P, Q). Raises ``ValueError`` for a
+    ``padding_mode`` other than ``"zeros"``.
     """
 
     def __init__(
@@ -71,10 +69,9 @@ class Conv2d(nn.Conv2d):
         device=None,
         dtype=None,
     ) -> None:
-        reason = _conv_unsupported_reason(groups, padding_mode)
+        reason = _conv_unsupported_reason(padding_mode)
         if reason is not None:
-            error = NotImplementedError if groups != 1 else ValueError
-            raise error(f"{type(self).__name__}: {reason}")
+            raise ValueError(f"{type(self).__name__}: {reason}")
         super().__init__(
             in_channels,
             out_channels,
@@ -269,7 +266,7 @@ def _fusable_conv(module: nn.Module) -> bool:
     if _hooks_reason(module) is not None:
         return False
     if type(module) is nn.Conv2d:
-        return _conv_unsupported_reason(module.groups, module.padding_mode) is None
+        return _conv_unsupported_reason(module.padding_mode) is None
     return type(module) is Conv2d
 
 
@@ -279,7 +276,7 @@ def _replace(module: nn.Module, name: str, report: ConversionReport) -> nn.Modul
     if fastconv_class is not None:
         reason = _hooks_reason(module)
         if reason is None and fastconv_class is Conv2d:
-            reason = _conv_unsupported_reason(module.groups, module.padding_mode)
+            reason = _conv_unsupported_reason(module.padding_mode)
         if reason is not None:
             report.skipped.append((name, f"{module}: {reason}"))
             return None
@@ -336,7 +333,7 @@ def convert(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, Convers
     and listed in ``report.unfused`` with the reason. Other ``nn.Conv2d``, ``nn.MaxPool2d``,
     ``nn.AvgPool2d`` and ``nn.AdaptiveAvgPool2d`` become the fastconv layers, sharing the
     parameters (same device and dtype) and training mode. Modules fastconv cannot run
-    (convolutions with ``groups != 1`` or ``padding_mode != "zeros"``), modules with hooks
+    (convolutions with ``padding_mode != "zeros"``), modules with hooks
     (a replacement would lose them; ``weight_norm`` is one) and subclasses of these classes
     (whose forward may differ) are kept and listed in ``report.skipped`` with the reason.
     With ``inplace=False`` the model is deep-copied first and left unchanged.

@@ -135,6 +135,7 @@ def _implicit_gemm_kernel(
     OUT_H,
     OUT_W,
     PHASES,
+    GROUPS,
     # geometry
     row_step_h,
     row_step_w,
@@ -163,13 +164,16 @@ def _implicit_gemm_kernel(
     BLOCK_K: tl.constexpr,
     INDEX_64: tl.constexpr = False,
 ):
-    """out (N, COUT, OUT_H, OUT_W) = relu?(sum over taps of a[tap-shifted rows] @ b[tap] + bias).
+    """out (N, G*COUT, OUT_H, OUT_W) = relu?(sum over taps of a[tap-shifted rows] @ b[tap] + bias).
 
     One implicit GEMM for the forward and the input gradient, on NHWC operands:
-    a (N, A_H, A_W, CIN) channels-contiguous, b (COUT, R, S, CIN) channels-contiguous. A
-    program computes a (BLOCK_M rows x BLOCK_N output channels) tile, a row being the pixel
-    (n, i, j) of an (N, ROWS_H, ROWS_W) grid. Its taps come from row ``phase`` of the int32
-    table ``taps_ptr`` (PHASES, 8): (r0, count_r, h0, s0, count_s, w0, out_h0, out_w0). Tap
+    a (N, A_H, A_W, G*CIN) channels-contiguous, b (G*COUT, R, S, CIN) channels-contiguous,
+    G = GROUPS independent GEMMs (grouped convolution): group g reads a's channels
+    [g*CIN, (g+1)*CIN) and b's rows [g*COUT, (g+1)*COUT) and writes those output channels.
+    A program computes a (BLOCK_M rows x BLOCK_N output channels) tile of one group, a row
+    being the pixel (n, i, j) of an (N, ROWS_H, ROWS_W) grid. Its taps come from row
+    ``phase`` of the int32 table ``taps_ptr`` (PHASES, 8): (r0, count_r, h0, s0, count_s,
+    w0, out_h0, out_w0). Tap
     (t, u), 0 <= t < count_r, 0 <= u < count_s, multiplies the a pixel at
         h = i*row_step_h + h0 + t*tap_step_h,   w = j*row_step_w + w0 + u*tap_step_w
     (zero outside 0 <= h < A_H, 0 <= w < A_W) by the weight tap
@@ -185,13 +189,14 @@ def _implicit_gemm_kernel(
 
     The main loop walks (t, u, channel chunk) with counters advanced by adds and compares:
     no division; a row's address is its base plus one scalar per tap. Grid: one axis,
-    cdiv(N*ROWS_H*ROWS_W, BLOCK_M) * PHASES * cdiv(COUT, BLOCK_N) programs, channel tiles
-    fastest (they share the a rows in L2), then phases.
+    cdiv(N*ROWS_H*ROWS_W, BLOCK_M) * PHASES * GROUPS * cdiv(COUT, BLOCK_N) programs, channel
+    tiles fastest (they share the a rows in L2), then groups, then phases.
     """
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(COUT, BLOCK_N)
     pid_n = pid % n_tiles
-    pid_mp = pid // n_tiles
+    group = (pid // n_tiles) % GROUPS
+    pid_mp = pid // n_tiles // GROUPS
     phase = pid_mp % PHASES
     pid_m = pid_mp // PHASES
     taps = taps_ptr + phase * 8
@@ -219,12 +224,13 @@ def _implicit_gemm_kernel(
     # Tap (t, u) reads a[n, h_row + dh, w_row + dw] with the scalar (dh, dw) of the tap.
     h_row = i * row_step_h + h0
     w_row = j * row_step_w + w0
-    a_rows = a_ptr + n * stride_an + h_row * stride_ah + w_row * stride_aw
-    b_cols = b_ptr + offs_n * stride_bo + r0 * stride_br + s0 * stride_bs
+    a_rows = a_ptr + group * CIN + n * stride_an + h_row * stride_ah + w_row * stride_aw
+    out_channels = group * COUT + offs_n  # of the whole output (and rows of b)
+    b_cols = b_ptr + out_channels * stride_bo + r0 * stride_br + s0 * stride_bs
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if HAS_BIAS:  # the accumulator starts at the bias: no bias registers in the epilogue
-        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
+        bias = tl.load(bias_ptr + out_channels, mask=mask_n, other=0.0)
         acc += bias.to(tl.float32)[None, :]
     c_chunks = tl.cdiv(CIN, BLOCK_K)
     c0 = 0  # channel chunk start
@@ -262,7 +268,7 @@ def _implicit_gemm_kernel(
     out_w = out_w0 + j * out_step_w
     mask_out = mask_m & (out_h < OUT_H) & (out_w < OUT_W)
     out_rows = out_ptr + n * stride_on + out_h * stride_oh + out_w * stride_ow
-    out_ptrs = out_rows[:, None] + offs_n[None, :]
+    out_ptrs = out_rows[:, None] + out_channels[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out[:, None] & mask_n[None, :])
 
 
@@ -331,24 +337,26 @@ def _device_phase_table(rows_h, rows_w, device: torch.device) -> Tensor:
     return torch.tensor(table, dtype=torch.int32).to(device)
 
 
-def _launch_implicit_gemm(a, b, bias, out, taps, rows, steps, relu, config, what) -> None:
+def _launch_implicit_gemm(a, b, bias, out, taps, rows, steps, groups, relu, config, what):
     """Launch the implicit GEMM: ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (row, tap,
     weight, out) steps, each an (h, w) pair; the rest as in the kernel's docstring."""
     n, rows_h, rows_w = rows
     row_step, tap_step, weight_step, out_step = steps
     phases = taps.shape[0]
-    cout = out.shape[1]
+    cout = out.shape[1] // groups
 
     def grid(meta):
         m_tiles = triton.cdiv(n * rows_h * rows_w, meta["BLOCK_M"])
-        return checked_grid((m_tiles * phases * triton.cdiv(cout, meta["BLOCK_N"]),), what)
+        tiles = m_tiles * phases * groups * triton.cdiv(cout, meta["BLOCK_N"])
+        return checked_grid((tiles,), what)
 
     precision = input_precision(a.dtype)
     tuned = _TUNED[dot_kind(a.dtype)]
     args = (
         a, b, bias if bias is not None else b, out, taps,
-        n, rows_h, rows_w, a.shape[2], a.shape[3], a.shape[1], cout, out.shape[2], out.shape[3],
-        phases, *row_step, *tap_step, *weight_step, *out_step,
+        n, rows_h, rows_w, a.shape[2], a.shape[3], a.shape[1] // groups, cout,
+        out.shape[2], out.shape[3], phases, groups,
+        *row_step, *tap_step, *weight_step, *out_step,
         *nhwc_strides(a), *nhwc_strides(b), *nhwc_strides(out),
     )  # fmt: skip
     meta = dict(
@@ -367,9 +375,11 @@ def conv2d_fwd(
     dilation: Pair,
     output_size: Pair,
     apply_relu: bool,
+    groups: int = 1,
     config: triton.Config | None = None,
 ) -> Tensor:
-    """``relu?(conv2d(x, weight) + bias)``: x (N, C, H, W), weight (K, C, R, S) -> (N, K, P, Q).
+    """``relu?(conv2d(x, weight) + bias)``: x (N, C, H, W), weight (K, C/groups, R, S) ->
+    (N, K, P, Q); ``groups`` as in torch (each group a GEMM of the same kernel).
 
     ``padding`` is the top/left padding; ``output_size`` (P, Q) implies the bottom/right one.
     The output has x's dtype and memory format (NCHW or channels_last); the kernel reads x
@@ -378,7 +388,7 @@ def conv2d_fwd(
     that autotune config instead of the autotuner's choice.
     """
     n, c, h, w = x.shape
-    if uses_stem_path(c):  # few channels: (r, s, c) folded into one reduction
+    if groups == 1 and uses_stem_path(c):  # few channels: (r, s, c) folded into one reduction
         return conv2d_stem_fwd(
             x, weight, bias, stride, padding, dilation, output_size, apply_relu, config
         )
@@ -390,8 +400,8 @@ def conv2d_fwd(
     taps = _phase_table(((0, r, -padding[0], 0),), ((0, s, -padding[1], 0),), x)
     steps = (stride, dilation, (1, 1), (1, 1))
     _launch_implicit_gemm(
-        nhwc(x), nhwc(weight), bias, y_nhwc, taps, (n, p, q), steps, apply_relu, config,
-        "conv2d forward",
+        nhwc(x), nhwc(weight), bias, y_nhwc, taps, (n, p, q), steps, groups, apply_relu,
+        config, "conv2d forward",
     )  # fmt: skip
     return y if y is y_nhwc else y.copy_(y_nhwc)
 
@@ -403,9 +413,10 @@ def conv2d_bwd_input(
     stride: Pair,
     padding: Pair,
     dilation: Pair,
+    groups: int = 1,
     config: triton.Config | None = None,
 ) -> Tensor:
-    """grad_x (N, C, H, W) of the conv from grad_y (N, K, P, Q) and weight (K, C, R, S).
+    """grad_x (N, C, H, W) of the conv from grad_y (N, K, P, Q) and weight (K, C/groups, R, S).
 
     ``grad_y`` has a fused ReLU's mask already applied (:func:`relu_grad`). grad_x takes
     grad_y's memory format; the kernel reads grad_y channels-last (copied once when it is
@@ -424,10 +435,13 @@ def conv2d_bwd_input(
     taps = _phase_table(rows_h, rows_w, grad_y)
     step_r, step_s = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
     steps = ((1, 1), (-(step_r * dh) // sh, -(step_s * dw) // sw), (step_r, step_s), stride)
-    weight_t = weight.permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last)
+    # group g's (C/groups, K/groups) block of the transposed weight, groups stacked: (C, K/G, R, S)
+    k_g, c_g = k // groups, weight.shape[1]
+    weight_t = weight.view(groups, k_g, c_g, r, s).transpose(1, 2).reshape(c, k_g, r, s)
+    weight_t = weight_t.contiguous(memory_format=torch.channels_last)
     rows = (n, triton.cdiv(h, sh), triton.cdiv(w, sw))
     _launch_implicit_gemm(
-        nhwc(grad_y), weight_t, None, grad_x_nhwc, taps, rows, steps, False, config,
+        nhwc(grad_y), weight_t, None, grad_x_nhwc, taps, rows, steps, groups, False, config,
         "conv2d input gradient",
     )  # fmt: skip
     return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)

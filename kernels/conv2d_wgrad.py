@@ -110,6 +110,7 @@ def _conv2d_bwd_weight_kernel(
     dil_h,
     dil_w,
     rows_per_split,
+    GROUPS,
     # strides (the channel strides are 1: NHWC)
     stride_dyn,
     stride_dyp,
@@ -127,7 +128,8 @@ def _conv2d_bwd_weight_kernel(
     BLOCK_K: tl.constexpr,
     INDEX_64: tl.constexpr = False,
 ):
-    """Partial grad_w (SPLIT, K, R*S*C) and grad_b (SPLIT, K) in fp32 over a slice of N*P*Q.
+    """Partial grad_w (SPLIT, GROUPS*K, R*S*C) and grad_b (SPLIT, GROUPS*K) in fp32 over a
+    slice of N*P*Q, per group of K output and C input channels (grouped convolution).
 
     With g = grad_y (N, P, Q, K) (ReLU-masked by the caller) and x (N, H, W, C), both NHWC
     with unit channel stride, and the output pixels flattened to rows i = (n*P + p)*Q + q::
@@ -137,23 +139,30 @@ def _conv2d_bwd_weight_kernel(
         grad_b[k] = sum_i g[i, k]
 
     (x is zero outside the image). For one tap (r, s) this is the GEMM ``g^T @ X_rs`` with
-    X_rs (rows, C) the shifted input. Grid: (cdiv(K, BLOCK_M) * R*S * cdiv(C, BLOCK_N), 1,
-    SPLIT). Axis 0 is (tap, channel block, output-channel block), the output-channel block
-    fastest; program z of axis 2 reduces rows [z*rows_per_split, (z+1)*rows_per_split) and
-    the caller sums the SPLIT partial results. Each step of the main loop takes BLOCK_K rows:
-    the (BLOCK_M, BLOCK_K) tile g^T and a (BLOCK_K, BLOCK_N) tile of x, both contiguous
-    along the channels, and accumulates ``tl.dot(g^T, x)`` into a (BLOCK_M, BLOCK_N) fp32
-    tile. g^T is loaded transposed through its pointers, not transposed after the load
-    (``tl.trans`` of a loaded tile kept 4 synchronous loads per step on sm_80).
-    The rows' (n, p, q) are decomposed once before the loop and then advanced by BLOCK_K rows
-    = (dn images, dp rows, dq columns) per step with compares and adds: no division in the
-    loop. grad_b is summed after the main loop, by the programs of the first (tap, channel)
-    block only, from the same g rows.
+    X_rs (rows, C) the shifted input. Grid: (GROUPS * cdiv(K, BLOCK_M) * R*S * cdiv(C,
+    BLOCK_N), 1, SPLIT). Axis 0 is (group, tap, channel block, output-channel block), the
+    output-channel block fastest; program z of axis 2 reduces rows [z*rows_per_split,
+    (z+1)*rows_per_split) and the caller sums the SPLIT partial results. Each step of the
+    main loop takes BLOCK_K rows: the (BLOCK_M, BLOCK_K) tile g^T and a (BLOCK_K, BLOCK_N)
+    tile of x, both contiguous along the channels, and accumulates ``tl.dot(g^T, x)`` into
+    a (BLOCK_M, BLOCK_N) fp32 tile. g^T is loaded transposed through its pointers, not
+    transposed after the load (``tl.trans`` of a loaded tile kept 4 synchronous loads per
+    step on sm_80). The rows' (n, p, q) are decomposed once before the loop and then
+    advanced by BLOCK_K rows = (dn images, dp rows, dq columns) per step with compares and
+    adds: no division in the loop. grad_b is summed after the main loop, by the programs of
+    the first (tap, channel) block only, from the same g rows.
     """
     pid = tl.program_id(0)
     pid_z = tl.program_id(2)
     m_blocks = tl.cdiv(K, BLOCK_M)
     c_blocks = tl.cdiv(C, BLOCK_N)
+    per_group = m_blocks * R * S * c_blocks
+    group = pid // per_group  # grouped convolution: K and C are one group's channels
+    pid = pid % per_group
+    dy_ptr += group * K
+    x_ptr += group * C
+    dw_ptr += (pid_z * GROUPS + group) * K * (R * S * C)
+    db_ptr += (pid_z * GROUPS + group) * K
     pid_m = pid % m_blocks
     pid_n = pid // m_blocks  # (tap, channel block), the channel block fastest
     tap = pid_n // c_blocks
@@ -207,7 +216,7 @@ def _conv2d_bwd_weight_kernel(
         n, p, q = _next_rows(n, p, q, dn, dp, dq, P, Q)
 
     crs = C * R * S
-    dw_offs = pid_z * K * crs + offs_m[:, None] * crs + tap * C + offs_c[None, :]
+    dw_offs = offs_m[:, None] * crs + tap * C + offs_c[None, :]
     tl.store(dw_ptr + dw_offs, acc, mask=mask_m[:, None] & mask_c[None, :])
     if BIAS_GRAD:  # noqa: SIM102 (a constexpr test alone: no bias code without BIAS_GRAD)
         if pid_n == 0:  # one program per output-channel block sums g over its rows
@@ -219,7 +228,7 @@ def _conv2d_bwd_weight_kernel(
                 g = tl.load(dy_ptr + dy_rows[:, None] + offs_m[None, :], mask=mask_g, other=0.0)
                 bias_acc += g.to(tl.float32)
                 n, p, q = _next_rows(n, p, q, dn, dp, dq, P, Q)
-            tl.store(db_ptr + pid_z * K + offs_m, tl.sum(bias_acc, axis=0), mask=mask_m)
+            tl.store(db_ptr + offs_m, tl.sum(bias_acc, axis=0), mask=mask_m)
 
 
 # One autotuner per operand type; the key is what changes the best tile and pipeline (the
@@ -258,21 +267,23 @@ def wgrad_partition(rows: int, weight_numel: int, split: int | None = None) -> t
     return rows_per_split, triton.cdiv(rows, rows_per_split)
 
 
-def _nhwc(t: Tensor) -> Tensor:
-    """``t`` (N, C, H, W) as NHWC with unit channel stride and C padded to a multiple of 16.
+def _nhwc(t: Tensor, groups: int) -> Tensor:
+    """``t`` (N, C, H, W) as NHWC with unit channel stride, each group's C/groups channels
+    padded to a multiple of 16: (N, groups * padded, H, W).
 
-    A tensor whose samples already are dense channels-last with a multiple of 16 channels is
-    used as it is (an expanded batch too); otherwise it is copied, the padding channels zero.
-    16 channels make every row of a tile 16-byte aligned, so the kernel's loads become
+    A tensor with unit channel stride and groups of a multiple of 16 channels is used as it
+    is (views, an expanded batch); otherwise it is copied, the padding channels zero. 16
+    channels make every row of a tile 16-byte aligned, so the kernel's loads become
     asynchronous 16-byte copies.
     """
     n, c, h, w = t.shape
-    channels = triton.cdiv(c, _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
-    if channels == c:
+    per_group = c // groups
+    padded_group = triton.cdiv(per_group, _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
+    if padded_group == per_group:
         return nhwc(t)
-    padded = alloc.zeros((n, h, w, channels), dtype=t.dtype, device=t.device)
-    padded[..., :c] = t.permute(0, 2, 3, 1)
-    return padded.permute(0, 3, 1, 2)
+    padded = alloc.zeros((n, h, w, groups, padded_group), dtype=t.dtype, device=t.device)
+    padded[..., :per_group] = t.view(n, groups, per_group, h, w).permute(0, 3, 4, 1, 2)
+    return padded.view(n, h, w, groups * padded_group).permute(0, 3, 1, 2)
 
 
 def conv2d_bwd_weight(
@@ -283,6 +294,7 @@ def conv2d_bwd_weight(
     padding: Pair,
     dilation: Pair,
     need_bias_grad: bool,
+    groups: int = 1,
     split: int | None = None,
     config: triton.Config | None = None,
 ) -> tuple[Tensor, Tensor | None]:
@@ -295,8 +307,8 @@ def conv2d_bwd_weight(
     x's dtype; ``split`` overrides the number of programs (see :func:`wgrad_partition`) and
     ``config`` the autotuner's choice of config. grad_w is contiguous (K, C, R, S).
     """
-    n, c, h, w = x.shape
-    k, _, r, s = weight_shape
+    n, _, h, w = x.shape
+    k, c, r, s = weight_shape  # c: input channels per group
     p, q = grad_y.shape[2:]
     rows = n * p * q
     crs = c * r * s
@@ -304,26 +316,27 @@ def conv2d_bwd_weight(
         grad_w = alloc.zeros((k, c, r, s), dtype=x.dtype, device=x.device)
         grad_b = alloc.zeros((k,), dtype=x.dtype, device=x.device) if need_bias_grad else None
         return grad_w, grad_b
-    grad_y, x = _nhwc(grad_y), _nhwc(x)
-    k_pad, c_pad = grad_y.shape[1], x.shape[1]
+    grad_y, x = _nhwc(grad_y, groups), _nhwc(x, groups)
+    k_pad, c_pad = grad_y.shape[1] // groups, x.shape[1] // groups  # per group
     rows_per_split, split = wgrad_partition(rows, k * crs, split)
     # Every element of the workspaces is written by exactly one program: no zero-fill needed.
-    grad_w_parts = alloc.empty((split, k_pad, r * s * c_pad), dtype=torch.float32, device=x.device)
+    parts_shape = (split, groups * k_pad, r * s * c_pad)
+    grad_w_parts = alloc.empty(parts_shape, dtype=torch.float32, device=x.device)
     grad_b_parts = (  # with no bias gradient, an unwritten stand-in pointer
-        alloc.empty((split, k_pad), dtype=torch.float32, device=x.device)
+        alloc.empty((split, groups * k_pad), dtype=torch.float32, device=x.device)
         if need_bias_grad
         else grad_w_parts
     )
 
     def grid(meta):
         blocks = triton.cdiv(k_pad, meta["BLOCK_M"]) * r * s * triton.cdiv(c_pad, meta["BLOCK_N"])
-        return checked_grid((blocks, 1, split), "conv2d weight gradient")
+        return checked_grid((blocks * groups, 1, split), "conv2d weight gradient")
 
     precision = input_precision(x.dtype)
     tuned = _TUNED[dot_kind(x.dtype)]
     args = (
         grad_y, x, grad_w_parts, grad_b_parts,
-        n, c_pad, h, w, k_pad, p, q, *stride, *padding, *dilation, rows_per_split,
+        n, c_pad, h, w, k_pad, p, q, *stride, *padding, *dilation, rows_per_split, groups,
         *nhwc_strides(grad_y), *nhwc_strides(x),
     )  # fmt: skip
     meta = dict(
@@ -331,7 +344,10 @@ def conv2d_bwd_weight(
         INPUT_PRECISION=precision, INDEX_64=needs_int64(rows, grad_y, x, grad_w_parts),
     )  # fmt: skip
     launch(tuned, _conv2d_bwd_weight_kernel, config, grid, args, meta)
-    grad_w = grad_w_parts.sum(0).view(k_pad, r, s, c_pad)[:k, :, :, :c].permute(0, 3, 1, 2)
-    grad_w = grad_w.to(x.dtype, memory_format=torch.contiguous_format)
-    grad_b = grad_b_parts.sum(0)[:k].to(x.dtype) if need_bias_grad else None
+    k_g = k // groups
+    grad_w = grad_w_parts.sum(0).view(groups, k_pad, r, s, c_pad)[:, :k_g, :, :, :c]
+    grad_w = grad_w.permute(0, 1, 4, 2, 3).reshape(k, c, r, s).to(x.dtype)
+    grad_b = None
+    if need_bias_grad:
+        grad_b = grad_b_parts.sum(0).view(groups, k_pad)[:, :k_g].reshape(k).to(x.dtype)
     return grad_w, grad_b

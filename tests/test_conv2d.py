@@ -520,7 +520,19 @@ BAD_INPUTS = [
         id="int-dtype",
     ),
     pytest.param(
-        bad_call(groups=3), NotImplementedError, "groups=1 only, got groups=3", id="groups"
+        bad_call(groups=2),
+        ValueError,
+        r"groups=2 must divide the 3 input channels of input of shape \(1, 3, 6, 6\)",
+        id="groups-not-dividing",
+    ),
+    pytest.param(
+        bad_call(groups=0), ValueError, "groups must be a positive int, got groups=0", id="groups-0"
+    ),
+    pytest.param(
+        bad_call(weight=randn(6, 3, 3, 3), bias=randn(6), groups=3),
+        ValueError,
+        r"weight of shape \(6, 3, 3, 3\) with groups=3 expects 9 input channels",
+        id="groups-weight",
     ),
     pytest.param(
         bad_call(padding=-1),

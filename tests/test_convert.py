@@ -82,7 +82,7 @@ def _hand_made_model() -> nn.Sequential:
         nn.Conv2d(3, 4, 3, padding=1),  # 0: fused with 1
         nn.ReLU(inplace=True),  # 1: -> Identity
         nn.Sequential(
-            nn.Conv2d(4, 4, 3, padding=1, groups=2),  # 2.0: skipped (groups)
+            nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),  # 2.0: skipped
             nn.ReLU(),  # 2.1: kept
             nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU()),  # 2.2.0: fused with 2.2.1
         ),
@@ -111,7 +111,7 @@ def test_convert_hand_made_model_report():
     assert [name for name, _ in report.replaced] == ["5.conv", "6", "7", "10", "11"]
     skipped = dict(report.skipped)
     assert list(skipped) == ["2.0", "3", "9"]
-    assert "groups=2 is not supported" in skipped["2.0"]
+    assert "padding_mode='circular' is not supported" in skipped["2.0"]
     assert "padding_mode='reflect' is not supported" in skipped["3"]
     assert "WeightScaledConv2d subclasses nn.Conv2d" in skipped["9"]
 
@@ -128,7 +128,7 @@ def test_convert_hand_made_model_report():
 
     text = str(report)
     assert text.startswith("fastconv.convert: 2 fused, 5 replaced, 3 skipped")
-    assert "groups=2 is not supported" in text
+    assert "padding_mode='circular' is not supported" in text
 
 
 def _conv_and_pool_ops(recorder) -> list[str]:
@@ -307,8 +307,6 @@ def test_convert_keeps_weight_norm_conv():
 
 # Convolutions the kernels do not run: convert leaves them to torch and says why.
 UNSUPPORTED_CONVS = {
-    "groups2": (nn.Conv2d(4, 4, 3, padding=1, groups=2), "groups=2 is not supported"),
-    "depthwise": (nn.Conv2d(4, 4, 3, padding=1, groups=4), "groups=4 is not supported"),
     "reflect": (
         nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
         "padding_mode='reflect' is not supported",
@@ -354,7 +352,7 @@ TORCHVISION_CASES = [
     ("vgg11", 32, VGG11_FUSED, 6, 0),  # 5 max pools + adaptive average pool
     ("alexnet", 63, [f"features.{i}" for i in (0, 3, 6, 8, 10)], 4, 0),
     ("resnet18", 32, [], 22, 0),  # 20 convs (not in Sequentials) + 2 pools
-    ("mobilenet_v2", 32, [], 35, 17),  # 17 depthwise convs skipped
+    ("mobilenet_v2", 32, [], 52, 0),  # 52 convs (17 depthwise), none in a conv-ReLU pair
 ]
 # In Triton's interpreter each of these models takes minutes (alexnet 80 s, resnet18 170 s,
 # vgg11 features 170 s forward alone), so on the CPU their parity runs on the torch backend
@@ -381,7 +379,6 @@ def test_convert_torchvision_model(
 
     assert [entry_name for entry_name, _ in report.fused] == fused
     assert (len(report.replaced), len(report.skipped)) == (replaced, skipped)
-    assert all("groups=" in reason for _, reason in report.skipped)
     assert _module_types(model) == types
     converted_modules = dict(converted.named_modules())
     assert all(type(converted_modules[entry_name]) is layers.Conv2dReLU for entry_name in fused)

@@ -126,10 +126,30 @@ def test_conv_rejects_padding_mode(cls):
         cls(4, 4, 3, padding=1, padding_mode="reflect")
 
 
-@pytest.mark.parametrize("cls", [layers.Conv2d, layers.Conv2dReLU])
-def test_conv_rejects_groups(cls):
-    with pytest.raises(NotImplementedError, match=r"groups=2 is not supported.*groups=1 only"):
-        cls(4, 4, 3, groups=2)
+@pytest.mark.parametrize(
+    ("c", "k", "groups"), [(4, 6, 2), (6, 6, 6), (3, 6, 3)], ids=["grouped", "depthwise", "x2"]
+)
+def test_grouped_conv_layer_matches_torch(device, triton_backend, record_aten_ops, c, k, groups):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c, k, 3, stride=(2, 1), padding=1, groups=groups).to(device)
+    layer = layers.Conv2dReLU.from_torch(copy.deepcopy(conv))
+    x = torch.randn(2, c, 7, 6, device=device, requires_grad=True)
+    with record_aten_ops() as recorder:
+        y = layer(x)
+        grad_y = torch.randn_like(y)
+        y.backward(grad_y)
+    assert recorder.forbidden() == []
+    x64 = x.detach().double().requires_grad_()
+    conv64 = conv.double()
+    y64 = torch.relu(conv64(x64))
+    y64.backward(grad_y.double())
+    for ours, ref in (
+        (y, y64),
+        (x.grad, x64.grad),
+        (layer.weight.grad, conv64.weight.grad),
+        (layer.bias.grad, conv64.bias.grad),
+    ):
+        torch.testing.assert_close(ours.detach().double(), ref, atol=1e-4, rtol=1e-4)
 
 
 def test_max_pool_return_indices_matches_torch(device, triton_backend, record_aten_ops):
@@ -369,8 +389,6 @@ def test_conv2d_relu_from_torch_applies_relu(device, triton_backend, record_aten
 
 # Options the kernels do not run: from_torch refuses them (convert leaves them to torch).
 UNSUPPORTED_CONVS = {
-    "groups2": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=2), NotImplementedError, "groups=2"),
-    "depthwise": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), NotImplementedError, "groups=4"),
     "reflect": (
         lambda: nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
         ValueError,

@@ -134,7 +134,9 @@ def check_conv(
     """``op(x, w, b)`` and, if ``with_backward``, its three gradients against float64."""
     tol = tolerance(inputs[0].dtype, tf32_applies=True)
     reference_inputs = tuple(_float64_leaf(t) for t in inputs)
-    pre_activation = F.conv2d(*reference_inputs, shape.stride, shape.padding, shape.dilation)
+    pre_activation = F.conv2d(
+        *reference_inputs, shape.stride, shape.padding, shape.dilation, shape.groups
+    )
     with torch.set_grad_enabled(with_backward):
         output = op(*inputs)
     assert_close_to_reference("output", output, pre_activation.relu(), tol)

@@ -52,12 +52,12 @@ def _compiled(fn: Callable, provider: str) -> Callable:
 
 def conv_op(provider: str, shape: ConvShape) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """``op(x, w, b) -> relu(conv2d(x, w) + b)`` as ``provider`` computes it."""
-    stride, padding, dilation = shape.stride, shape.padding, shape.dilation
+    stride, padding, dilation, groups = shape.stride, shape.padding, shape.dilation, shape.groups
     if provider == "fastconv":
-        return lambda x, w, b: FC.conv2d_bias_relu(x, w, b, stride, padding, dilation)
+        return lambda x, w, b: FC.conv2d_bias_relu(x, w, b, stride, padding, dilation, groups)
 
     def conv_bias_relu(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-        return F.relu(F.conv2d(x, w, b, stride, padding, dilation))
+        return F.relu(F.conv2d(x, w, b, stride, padding, dilation, groups))
 
     return conv_bias_relu if provider == EAGER else _compiled(conv_bias_relu, provider)
 

@@ -21,7 +21,7 @@ STANDARD_BATCH = 64
 
 @dataclasses.dataclass(frozen=True)
 class ConvShape:
-    """``relu(conv2d(x, w) + b)`` with x (n, c, h, w), w (k, c, r, s), b (k,)."""
+    """``relu(conv2d(x, w) + b)`` with x (n, c, h, w), w (k, c/groups, r, s), b (k,)."""
 
     name: str
     n: int
@@ -34,6 +34,7 @@ class ConvShape:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
 
     @property
     def output_hw(self) -> tuple[int, int]:
@@ -51,9 +52,10 @@ class ConvShape:
         return sizes[0], sizes[1]
 
     def flops_per_pass(self) -> int:
-        """2*N*K*P*Q*C*R*S: one pass (the forward, the input gradient or the weight gradient)."""
+        """2*N*K*P*Q*(C/groups)*R*S: one pass (the forward, the input gradient or the weight
+        gradient)."""
         p, q = self.output_hw
-        return 2 * self.n * self.k * p * q * self.c * self.r * self.s
+        return 2 * self.n * self.k * p * q * (self.c // self.groups) * self.r * self.s
 
     def random_inputs(
         self,
@@ -63,9 +65,10 @@ class ConvShape:
     ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """Random leaf ((x, w, b), grad_y); w is scaled so that y has unit variance."""
         p, q = self.output_hw
-        fan_in = self.c * self.r * self.s
+        fan_in = self.c // self.groups * self.r * self.s
         x = torch.randn(self.n, self.c, self.h, self.w, device=device)
-        w = torch.randn(self.k, self.c, self.r, self.s, device=device) / fan_in**0.5
+        w = torch.randn(self.k, self.c // self.groups, self.r, self.s, device=device)
+        w = w / fan_in**0.5
         b = 0.5 * torch.randn(self.k, device=device)
         grad_y = torch.randn(self.n, self.k, p, q, device=device)
         inputs = tuple(
@@ -81,6 +84,7 @@ class ConvShape:
         return (
             f"{self.n}x{self.c}x{self.h}x{self.w} -> {self.k}x{p}x{q}, {self.r}x{self.s} "
             f"s{self.stride[0]} p{self.padding[0]} d{self.dilation[0]}"
+            + (f" g{self.groups}" if self.groups != 1 else "")
         )
 
 
@@ -117,6 +121,36 @@ STANDARD_CONV_SHAPES = (
     ConvShape("resnet-3x3-128@28", STANDARD_BATCH, 128, 28, 28, 128, 3, 3, padding=(1, 1)),
     ConvShape("vgg-3x3-256@28", STANDARD_BATCH, 256, 28, 28, 256, 3, 3, padding=(1, 1)),
     ConvShape("resnet-1x1-256to64@56", STANDARD_BATCH, 256, 56, 56, 64, 1, 1),
+    # grouped and depthwise: ResNeXt-50 32x4d's first 3x3 (4 channels per group) and
+    # MobileNetV2's depthwise 3x3 at 56x56 and, strided, at 28x28
+    ConvShape(
+        "resnext-3x3-g32-128@56", STANDARD_BATCH, 128, 56, 56, 128, 3, 3, padding=(1, 1), groups=32
+    ),
+    ConvShape(
+        "mobilenet-dw-3x3-144@56",
+        STANDARD_BATCH,
+        144,
+        56,
+        56,
+        144,
+        3,
+        3,
+        padding=(1, 1),
+        groups=144,
+    ),
+    ConvShape(
+        "mobilenet-dw-3x3s2-192@56",
+        STANDARD_BATCH,
+        192,
+        56,
+        56,
+        192,
+        3,
+        3,
+        (2, 2),
+        (1, 1),
+        groups=192,
+    ),
 )
 
 STANDARD_POOL_SHAPES = (
@@ -171,8 +205,6 @@ def model_layer_shapes(
         _, c, h, w = inputs[0].shape
         name = f"{model_name}{image_size}-{names[module]}"
         if isinstance(module, nn.Conv2d):
-            if module.groups != 1:
-                raise NotImplementedError(f"{name}: grouped convolutions are not benchmarked")
             shape = ConvShape(
                 name,
                 batch,
@@ -184,6 +216,7 @@ def model_layer_shapes(
                 module.stride,
                 _padding_pair(module),
                 module.dilation,
+                module.groups,
             )
             convs.setdefault(dataclasses.astuple(shape)[1:], shape)
             return

@@ -268,22 +268,23 @@ def wgrad_partition(rows: int, weight_numel: int, split: int | None = None) -> t
 
 
 def _nhwc(t: Tensor, groups: int) -> Tensor:
-    """``t`` (N, C, H, W) as NHWC with unit channel stride, each group's C/groups channels
-    padded to a multiple of 16: (N, groups * padded, H, W).
+    """``t`` (N, C, H, W) as NHWC with unit channel stride; without groups, C padded to a
+    multiple of 16.
 
-    A tensor with unit channel stride and groups of a multiple of 16 channels is used as it
-    is (views, an expanded batch); otherwise it is copied, the padding channels zero. 16
+    A tensor with unit channel stride and (without groups) a multiple of 16 channels is used
+    as it is (views, an expanded batch); otherwise it is copied, the padding channels zero. 16
     channels make every row of a tile 16-byte aligned, so the kernel's loads become
-    asynchronous 16-byte copies.
+    asynchronous 16-byte copies. Grouped tensors are not padded: padding every group of a
+    depthwise or ResNeXt layer to 16 channels would multiply its size by up to 16, so groups
+    of other sizes run with unaligned (synchronous) loads.
     """
     n, c, h, w = t.shape
-    per_group = c // groups
-    padded_group = triton.cdiv(per_group, _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
-    if padded_group == per_group:
+    padded_c = triton.cdiv(c, _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
+    if groups > 1 or padded_c == c:
         return nhwc(t)
-    padded = alloc.zeros((n, h, w, groups, padded_group), dtype=t.dtype, device=t.device)
-    padded[..., :per_group] = t.view(n, groups, per_group, h, w).permute(0, 3, 4, 1, 2)
-    return padded.view(n, h, w, groups * padded_group).permute(0, 3, 1, 2)
+    padded = alloc.zeros((n, h, w, padded_c), dtype=t.dtype, device=t.device)
+    padded[..., :c] = t.permute(0, 2, 3, 1)
+    return padded.permute(0, 3, 1, 2)
 
 
 def conv2d_bwd_weight(
@@ -346,7 +347,8 @@ def conv2d_bwd_weight(
     launch(tuned, _conv2d_bwd_weight_kernel, config, grid, args, meta)
     k_g = k // groups
     grad_w = grad_w_parts.sum(0).view(groups, k_pad, r, s, c_pad)[:, :k_g, :, :, :c]
-    grad_w = grad_w.permute(0, 1, 4, 2, 3).reshape(k, c, r, s).to(x.dtype)
+    grad_w = grad_w.permute(0, 1, 4, 2, 3).reshape(k, c, r, s)
+    grad_w = grad_w.to(x.dtype, memory_format=torch.contiguous_format)
     grad_b = None
     if need_bias_grad:
         grad_b = grad_b_parts.sum(0).view(groups, k_pad)[:, :k_g].reshape(k).to(x.dtype)

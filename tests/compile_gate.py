@@ -173,19 +173,23 @@ def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
     dtype = getattr(torch, TORCH_DTYPES[dtype_name])
     p, q = shape.output_hw
     x = _tensor((shape.n, shape.c, shape.h, shape.w), dtype, layout)
-    w = _tensor((shape.k, shape.c, shape.r, shape.s), dtype, layout)
+    w = _tensor((shape.k, shape.c // shape.groups, shape.r, shape.s), dtype, layout)
     b = torch.empty(shape.k, dtype=dtype)
     grad_y = _tensor((shape.n, shape.k, p, q), dtype, layout)
     geometry = (shape.stride, shape.padding, shape.dilation)
+    groups = shape.groups
     out = []
     # fp32 runs ieee dots unless tf32 is allowed, exactly as the launchers decide.
     with _tf32(dtype_name != "fp32"):
         for op, call in (
-            ("conv_fwd", lambda: conv2d.conv2d_fwd(x, w, b, *geometry, (p, q), True)),
-            ("conv_dgrad", lambda: conv2d.conv2d_bwd_input(grad_y, w, x.shape, *geometry)),
+            ("conv_fwd", lambda: conv2d.conv2d_fwd(x, w, b, *geometry, (p, q), True, groups)),
+            (
+                "conv_dgrad",
+                lambda: conv2d.conv2d_bwd_input(grad_y, w, x.shape, *geometry, groups),
+            ),
             (
                 "conv_wgrad",
-                lambda: conv2d.conv2d_bwd_weight(grad_y, x, w.shape, *geometry, True),
+                lambda: conv2d.conv2d_bwd_weight(grad_y, x, w.shape, *geometry, True, groups),
             ),
         ):
             with intercept_launches() as records:
@@ -249,6 +253,8 @@ GATE_CONV_SHAPES = (
     "resnet-stem-7x7s2",  # C=3, 7x7 stride 2 pad 3: strided dgrad
     "resnet-3x3-64@56",  # the common 3x3 s1 p1 layer, H=W=56
     "resnet-1x1-256to64@56",  # 1x1, no padding
+    "resnext-3x3-g32-128@56",  # grouped, 4 channels per group
+    "mobilenet-dw-3x3-144@56",  # depthwise
 )
 GATE_POOL_SHAPES = (
     "catdog64-features.4",  # max 2x2 s2

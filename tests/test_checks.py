@@ -183,7 +183,7 @@ def largest_split_of_the_benchmarked_layers() -> int:
     on every device: 4854 for the 864-element 3 -> 32 channel first layer.
     """
     return max(
-        conv2d_kernels.wgrad_split(2**62, shape.k * shape.c * shape.r * shape.s)
+        conv2d_kernels.wgrad_split(2**62, shape.k * shape.c // shape.groups * shape.r * shape.s)
         for shape in CONV_SHAPES
     )
 

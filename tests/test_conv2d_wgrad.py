@@ -112,7 +112,7 @@ def test_wgrad_reads_unit_stride_channels_without_a_copy(monkeypatch):
     wk.conv2d_bwd_weight(grad_y, x, (32, 16, 1, 1), (1, 1), (0, 0), (1, 1), False)
     (args,) = seen
     assert args[0].data_ptr() == grad_y.data_ptr() and args[1].data_ptr() == x.data_ptr()
-    assert args[18:] == (
+    assert args[19:] == (  # after rows_per_split and GROUPS
         grad_y.stride(0),
         grad_y.stride(2),
         grad_y.stride(3),

@@ -29,7 +29,6 @@ registers). The grid is one axis (below 2**31 programs, checked).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -38,8 +37,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
-from fastconv.kernels import alloc
 from fastconv.kernels.conv2d_stem import conv2d_stem_fwd, uses_stem_path
+from fastconv.kernels.conv2d_tma import conv2d_bwd_input_tma, conv2d_fwd_tma, tma_applies
 from fastconv.kernels.conv2d_wgrad import (
     conv2d_bwd_weight,
     wgrad_configs,
@@ -55,7 +54,8 @@ from fastconv.kernels.launch import (
     needs_int64,
     tile_config,
 )
-from fastconv.kernels.layout import memory_format_of, nhwc, nhwc_strides
+from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
+from fastconv.kernels.taps import phase_table, tap_rows
 
 __all__ = [
     "conv2d_bwd_input",
@@ -286,57 +286,6 @@ _TUNED = {
 # --------------------------------------------------------------------------- launchers
 
 
-def _empty_like_format(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """An empty (N, C, H, W) tensor of ``shape`` in ``like``'s memory format, dtype and device."""
-    return alloc.empty(
-        shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like)
-    )
-
-
-def _nhwc_output(shape: tuple[int, int, int, int], like: Tensor) -> tuple[Tensor, Tensor]:
-    """(result in ``like``'s memory format, the channels-last buffer the kernel writes).
-
-    The kernel stores whole channel rows (16-byte vectors); writing NCHW from the
-    (pixels x channels) accumulator took a 64-bit address per element and spilled, so an
-    NCHW result is one copy of the channels-last buffer.
-    """
-    result = _empty_like_format(shape, like)
-    if memory_format_of(like) == torch.channels_last:
-        return result, result
-    return result, alloc.empty(
-        shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _tap_rows(stride: int, pad: int, dil: int, taps: int) -> tuple[tuple[int, int, int, int], ...]:
-    """dgrad's taps along one axis, per stride phase: (first tap, count, offset, phase start).
-
-    Input pixel h = ph + i*stride (phase ph) receives output pixel p = (h + pad - r*dil) /
-    stride from tap r exactly where stride divides (ph + pad - r*dil): those taps form a
-    progression r0, r0 + step, ... with step = stride / gcd(stride, dil), and p = i + offset
-    - t * (step*dil/stride) for the t-th of them.
-    """
-    out = []
-    for ph in range(stride):
-        hits = [r for r in range(taps) if (ph + pad - r * dil) % stride == 0]
-        first = hits[0] if hits else 0
-        out.append((first, len(hits), (ph + pad - first * dil) // stride, ph))
-    return tuple(out)
-
-
-def _phase_table(rows_h, rows_w, like: Tensor) -> Tensor:
-    """The (PHASES, 8) int32 tap table of :func:`_implicit_gemm_kernel` on ``like``'s device
-    (cached: a layer copies its table to the device once, not at every call)."""
-    return _device_phase_table(rows_h, rows_w, like.device)
-
-
-@functools.lru_cache(maxsize=256)
-def _device_phase_table(rows_h, rows_w, device: torch.device) -> Tensor:
-    table = [(*h[:3], *w[:3], h[3], w[3]) for h in rows_h for w in rows_w]
-    return torch.tensor(table, dtype=torch.int32).to(device)
-
-
 def _launch_implicit_gemm(a, b, bias, out, taps, rows, steps, groups, relu, config, what):
     """Launch the implicit GEMM: ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (row, tap,
     weight, out) steps, each an (h, w) pair; the rest as in the kernel's docstring."""
@@ -384,20 +333,24 @@ def conv2d_fwd(
     ``padding`` is the top/left padding; ``output_size`` (P, Q) implies the bottom/right one.
     The output has x's dtype and memory format (NCHW or channels_last); the kernel reads x
     and the weight channels-last (copied once when they are not). An input of at most 8
-    channels runs :func:`fastconv.kernels.conv2d_stem.conv2d_stem_fwd`. ``config`` runs
-    that autotune config instead of the autotuner's choice.
+    channels runs :func:`fastconv.kernels.conv2d_stem.conv2d_stem_fwd`; on sm_90 a stride-1
+    convolution whose input rows are 16-byte multiples runs the TMA kernel
+    (:mod:`fastconv.kernels.conv2d_tma`). ``config`` runs that autotune config of this
+    module's kernel instead of the autotuner's choice.
     """
     n, c, h, w = x.shape
     if groups == 1 and uses_stem_path(c):  # few channels: (r, s, c) folded into one reduction
         return conv2d_stem_fwd(
             x, weight, bias, stride, padding, dilation, output_size, apply_relu, config
         )
+    if groups == 1 and config is None and tma_applies(x, weight, stride, padding, dilation, False):
+        return conv2d_fwd_tma(x, weight, bias, stride, padding, dilation, output_size, apply_relu)
     k, _, r, s = weight.shape
     p, q = output_size
-    y, y_nhwc = _nhwc_output((n, k, p, q), x)
+    y, y_nhwc = nhwc_output((n, k, p, q), x)
     if y.numel() == 0:
         return y
-    taps = _phase_table(((0, r, -padding[0], 0),), ((0, s, -padding[1], 0),), x)
+    taps = phase_table(((0, r, -padding[0], 0),), ((0, s, -padding[1], 0),), x)
     steps = (stride, dilation, (1, 1), (1, 1))
     _launch_implicit_gemm(
         nhwc(x), nhwc(weight), bias, y_nhwc, taps, (n, p, q), steps, groups, apply_relu,
@@ -420,19 +373,26 @@ def conv2d_bwd_input(
 
     ``grad_y`` has a fused ReLU's mask already applied (:func:`relu_grad`). grad_x takes
     grad_y's memory format; the kernel reads grad_y channels-last (copied once when it is
-    not) and the weight as (C, R, S, K).
+    not) and the weight as (C, R, S, K). On sm_90, grad_y rows of 16-byte multiples take the
+    TMA kernel (:mod:`fastconv.kernels.conv2d_tma`) unless ``config`` is given.
     """
+    if (
+        groups == 1
+        and config is None
+        and tma_applies(grad_y, weight, stride, padding, dilation, True)
+    ):
+        return conv2d_bwd_input_tma(grad_y, weight, input_shape, stride, padding, dilation)
     n, c, h, w = input_shape
     k, _, r, s = weight.shape
-    grad_x, grad_x_nhwc = _nhwc_output((n, c, h, w), grad_y)
+    grad_x, grad_x_nhwc = nhwc_output((n, c, h, w), grad_y)
     if grad_x.numel() == 0:
         return grad_x
     if grad_y.numel() == 0:
         return grad_x.zero_()
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    rows_h = _tap_rows(sh, ph, dh, r)
-    rows_w = _tap_rows(sw, pw, dw, s)
-    taps = _phase_table(rows_h, rows_w, grad_y)
+    rows_h = tap_rows(sh, ph, dh, r)
+    rows_w = tap_rows(sw, pw, dw, s)
+    taps = phase_table(rows_h, rows_w, grad_y)
     step_r, step_s = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
     steps = ((1, 1), (-(step_r * dh) // sh, -(step_s * dw) // sw), (step_r, step_s), stride)
     # group g's (C/groups, K/groups) block of the transposed weight, groups stacked: (C, K/G, R, S)

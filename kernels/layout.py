@@ -5,7 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["element_span", "memory_format_of", "nhwc", "nhwc_strides"]
+from fastconv.kernels import alloc
+
+__all__ = [
+    "element_span",
+    "empty_like_format",
+    "memory_format_of",
+    "nhwc",
+    "nhwc_output",
+    "nhwc_strides",
+]
 
 
 def memory_format_of(t: Tensor) -> torch.memory_format:
@@ -47,3 +56,25 @@ def nhwc_strides(t: Tensor) -> tuple[int, int, int]:
     the stride of a size-1 dimension as 0: torch may give those any value, which would hide
     the 16-byte alignment of the rows from Triton's specialization."""
     return tuple(0 if t.shape[dim] == 1 else t.stride(dim) for dim in (0, 2, 3))
+
+
+def empty_like_format(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An empty (N, C, H, W) tensor of ``shape`` in ``like``'s memory format, dtype and device."""
+    return alloc.empty(
+        shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like)
+    )
+
+
+def nhwc_output(shape: tuple[int, int, int, int], like: Tensor) -> tuple[Tensor, Tensor]:
+    """(result in ``like``'s memory format, the channels-last buffer the kernel writes).
+
+    The kernel stores whole channel rows (16-byte vectors); writing NCHW from the
+    (pixels x channels) accumulator took a 64-bit address per element and spilled, so an
+    NCHW result is one copy of the channels-last buffer.
+    """
+    result = empty_like_format(shape, like)
+    if memory_format_of(like) == torch.channels_last:
+        return result, result
+    return result, alloc.empty(
+        shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last
+    )

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -122,18 +123,20 @@ class Launch:
     kernel: object
     args: tuple
     kwargs: dict
+    targets: tuple[int, ...] = TARGETS  # the targets on which the launcher makes this launch
 
 
 @contextlib.contextmanager
-def intercept_launches():
-    """Record every ``kernel[grid](...)`` instead of running it; yields the list of records."""
+def intercept_launches(targets: tuple[int, ...] = TARGETS):
+    """Record every ``kernel[grid](...)`` instead of running it (as a launch on ``targets``);
+    yields the list of records."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
     records: list[Launch] = []
 
     def record(self, *args, grid=None, warmup=False, **kwargs):
-        records.append(Launch(self, args, kwargs))
+        records.append(Launch(self, args, kwargs, targets))
 
     saved = Autotuner.run, JITFunction.run
     Autotuner.run = JITFunction.run = record
@@ -179,7 +182,9 @@ def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
     geometry = (shape.stride, shape.padding, shape.dilation)
     groups = shape.groups
     out = []
-    # fp32 runs ieee dots unless tf32 is allowed, exactly as the launchers decide.
+    # fp32 runs ieee dots unless tf32 is allowed, exactly as the launchers decide. Each call
+    # is captured twice: as on an sm_90 device (where the TMA kernel applies, it runs) and as
+    # on an sm_80 device (no TMA).
     with _tf32(dtype_name != "fp32"):
         for op, call in (
             ("conv_fwd", lambda: conv2d.conv2d_fwd(x, w, b, *geometry, (p, q), True, groups)),
@@ -192,10 +197,24 @@ def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
                 lambda: conv2d.conv2d_bwd_weight(grad_y, x, w.shape, *geometry, True, groups),
             ),
         ):
-            with intercept_launches() as records:
-                call()
-            out += [(op, record) for record in records]
+            for targets, tma in (((90,), True), ((80,), False)):
+                with _tma_device(tma), intercept_launches(targets) as records:
+                    call()
+                out += [(op, record) for record in records]
     return out
+
+
+@contextlib.contextmanager
+def _tma_device(available: bool):
+    """Make :mod:`fastconv.kernels.conv2d_tma` see a TMA-capable device (sm_90) or not."""
+    from fastconv.kernels import conv2d_tma
+
+    saved = conv2d_tma._tma_device
+    conv2d_tma._tma_device = lambda tensor: available
+    try:
+        yield
+    finally:
+        conv2d_tma._tma_device = saved
 
 
 def _pair(value) -> tuple[int, int]:
@@ -310,13 +329,23 @@ def _configs(kernel, args: tuple, kwargs: dict) -> list[tuple[dict, dict]]:
     from triton.runtime.autotuner import Autotuner
 
     if not isinstance(kernel, Autotuner):
-        return [({}, {})]
+        return [({}, {}, args)]
     kernel.nargs = dict(zip(kernel.arg_names, args, strict=False))
     try:
         configs = kernel.prune_configs(kwargs)
     finally:
         kernel.nargs = None
-    return [(cfg.kwargs, cfg.all_kwargs()) for cfg in configs]
+    return [(cfg.kwargs, cfg.all_kwargs(), _pre_hooked(kernel, cfg, args)) for cfg in configs]
+
+
+def _pre_hooked(kernel, config, args: tuple) -> tuple:
+    """``args`` as ``config``'s ``pre_hook`` leaves them (it sets TMA descriptors' block
+    shapes per config), applied to copies so the other configs see the originals."""
+    if config.pre_hook is None:
+        return args
+    nargs = {name: copy.copy(arg) for name, arg in zip(kernel.arg_names, args, strict=False)}
+    config.pre_hook(nargs)
+    return tuple(nargs[name] for name in kernel.arg_names[: len(args)])
 
 
 def bind(kernel, args: tuple, kwargs: dict, cc: int) -> list[dict]:
@@ -331,12 +360,12 @@ def bind(kernel, args: tuple, kwargs: dict, cc: int) -> list[dict]:
     backend = make_backend(GPUTarget("cuda", cc, 32))
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     jobs = []
-    for meta, extra in _configs(kernel, args, kwargs):
+    for meta, extra, config_args in _configs(kernel, args, kwargs):
         launch_kwargs = {**kwargs, **extra}
         # The two options JITFunction.run adds before binding.
         launch_kwargs["debug"] = launch_kwargs.get("debug", fn.debug) or knobs.runtime.debug
         launch_kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-        bound_args, specialization, options = binder(*args, **launch_kwargs)
+        bound_args, specialization, options = binder(*config_args, **launch_kwargs)
         options, signature, constexprs, attrs = fn._pack_args(
             backend, launch_kwargs, bound_args, specialization, options
         )
@@ -436,7 +465,9 @@ def count_instructions(instructions: list[tuple[int, str]]) -> dict:
 
 
 def main_loop(instructions: list[tuple[int, str]]) -> tuple[int, int] | None:
-    """(first, last) address of the main loop: the backward-branch region with most MMAs."""
+    """(first, last) address of the main loop: the smallest backward-branch region among those
+    with the most MMAs (a TMA kernel's mbarrier retry branches jump back to the loop head
+    from after the epilogue, making larger regions with the same MMAs)."""
     best, best_score = None, None
     for address, text in instructions:
         found = _BRANCH.search(text) if _opcode(text).startswith("BRA") else None
@@ -447,7 +478,7 @@ def main_loop(instructions: list[tuple[int, str]]) -> tuple[int, int] | None:
             continue
         body = [t for a, t in instructions if target <= a <= address]
         mma = sum(_opcode(t).startswith(("HGMMA", "HMMA")) for t in body)
-        score = (mma, len(body))
+        score = (mma, -len(body))
         if best_score is None or score > best_score:
             best, best_score = (target, address), score
     return best
@@ -523,6 +554,8 @@ def build_jobs(which: str, targets) -> dict[str, dict]:
     entries: dict[str, dict] = {}
     for op, layout, dtype, shape, record in capture(which):
         for cc in targets:
+            if cc not in record.targets:
+                continue
             for job in bind(record.kernel, record.args, record.kwargs, cc):
                 key = job_key(job)
                 entry = entries.setdefault(
@@ -544,7 +577,7 @@ def build_jobs(which: str, targets) -> dict[str, dict]:
 
 
 def config_tag(config: dict) -> str:
-    blocks = "x".join(str(v) for k, v in config.items() if k.startswith("BLOCK"))
+    blocks = "x".join(str(v) for k, v in config.items() if k not in ("num_warps", "num_stages"))
     return f"{blocks}-w{config['num_warps']}-s{config['num_stages']}"
 
 

@@ -17,6 +17,7 @@ from fastconv import backend
 from fastconv.functional import conv2d, conv2d_bias_relu
 from fastconv.kernels import conv2d as conv2d_kernels
 from fastconv.kernels import conv2d_wgrad, launch
+from fastconv.kernels.taps import tap_rows
 
 # (N, C, H, W, K, R, S, stride, padding, dilation, layout)
 SHAPES = [
@@ -291,7 +292,7 @@ def test_dgrad_tap_table_is_the_progression_of_hitting_taps(stride, dilation):
     step = stride // math.gcd(stride, dilation)
     tap_step = -(step * dilation) // stride
     for pad, taps in [(p, t) for p in range(4) for t in range(1, 8)]:
-        rows = conv2d_kernels._tap_rows(stride, pad, dilation, taps)
+        rows = tap_rows(stride, pad, dilation, taps)
         assert [row[3] for row in rows] == list(range(stride))
         for first, count, offset, phase in rows:
             hits = [r for r in range(taps) if (phase + pad - r * dilation) % stride == 0]

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from conftest import DEVICE
 
+from fastconv.kernels import alloc
 from fastconv.kernels import conv2d as ck
 from fastconv.kernels import conv2d_stem as sk
+from fastconv.kernels import conv2d_tma as tk
 from fastconv.kernels import conv2d_wgrad as wk
 from fastconv.kernels import launch as lk
 from fastconv.kernels import pool2d as pk
@@ -40,6 +42,9 @@ def conv_launches(monkeypatch) -> Launches:
     monkeypatch.setattr(ck, "launch", launches)
     monkeypatch.setattr(sk, "launch", launches)
     monkeypatch.setattr(wk, "launch", launches)
+    # the cp.async kernel's launches: the TMA kernel (sm_90, and the interpreter) has its own
+    # limits, tested in tests/test_conv2d_tma.py
+    monkeypatch.setattr(tk, "_tma_device", lambda tensor: False)
     return launches
 
 
@@ -331,7 +336,7 @@ def test_last_tiles_past_2_31_pixels(conv_launches, run_programs, op):
     # 16 input channels for the forward (8 or fewer would take the stem kernel, which copies
     # x padded: 17 GB here); 2 output channels of dgrad
     weight = torch.randn(3, 16 if op == "fwd" else 2, 1, 1).half()
-    with ck.alloc.poison_allocations(False):
+    with alloc.poison_allocations(False):
         if op == "fwd":
             x, bias = expanded(16, HW, HW), torch.randn(3).half()
             out = ck.conv2d_fwd(x, weight, bias, (1, 1), (0, 0), (1, 1), (HW, HW), True)

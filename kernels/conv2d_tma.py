@@ -1,0 +1,464 @@
+"""The implicit GEMM of :mod:`fastconv.kernels.conv2d` with TMA tensor-descriptor loads (sm_90+).
+
+Where the a-operand's rows are a unit-step box of one image, a program's A tile is one TMA
+box: the forward at stride 1 (any padding and dilation) and the input gradient at any stride
+(its rows are the input pixels of one stride phase, and the t-th tap reads grad_y at
+``p = i + offset - t*step``: unit step in i). A program owns a BP x BQ box of pixels
+(BLOCK_M = BP*BQ rows) of one image and a BLOCK_N channel tile, and walks (tap row, tap
+column, channel chunk) exactly like :func:`fastconv.kernels.conv2d._implicit_gemm_kernel`,
+with the same per-phase tap table (:func:`fastconv.kernels.taps.phase_table`). Each step
+loads
+
+* the pixels: the box ``[1, BP, BQ, BLOCK_K]`` of the NHWC a-operand at (n, i0 + h0 +
+  t*tap_step_h, j0 + w0 + u*tap_step_w, c0). TMA zero-fills every element outside the tensor
+  (negative coordinates included), so the padding costs no compare, no mask and no per-row
+  address;
+* the weight: the box ``[BLOCK_N, BLOCK_K]`` of a zero-padded 2-D copy (COUT, R*S*CPAD) at
+  (n0, tap*CPAD + c0), CPAD = CIN rounded up to a multiple of every BLOCK_K used (a few KB,
+  made per call); rows past COUT are zero-filled.
+
+The product is computed transposed, ``acc^T (BLOCK_N x BLOCK_M) += w (BLOCK_N x BLOCK_K) @
+pixels^T``: wgmma reads its A operand from shared memory only when it comes straight from a
+load, and the (1, BP, BQ, BLOCK_K) -> (BLOCK_M, BLOCK_K) reshape of the pixel box sent it
+through registers (LDSM, one wgmma wait per instruction); as the B operand the reshape and
+transpose fold into the shared-memory descriptor. The pixel box is thus wgmma's N: a 64 x
+256 tile (BLOCK_N = 64 channels, a 16 x 16 box) is one HGMMA.64x256 per k-step. Both are
+host-side :class:`triton.tools.tensor_descriptor.TensorDescriptor` arguments whose
+``block_shape`` an autotune ``pre_hook`` sets per config (Triton's persistent-matmul tutorial
+does the same); no device allocator is needed. The epilogue (bias in the initial
+accumulator, ReLU with torch's NaN semantics, masked NHWC store of the partial box) is the
+generic kernel's. TMA needs every stride but the last to be a multiple of 16 bytes and a
+16-byte-aligned base: :func:`tma_applies` says when a call qualifies; the caller falls back
+to the generic kernel otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from fastconv.backend import TRITON_INTERPRETER
+from fastconv.kernels.launch import checked_grid, dot_kind, input_precision, needs_int64
+from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
+from fastconv.kernels.taps import phase_table, tap_rows
+
+__all__ = [
+    "conv2d_bwd_input_tma",
+    "conv2d_fwd_tma",
+    "tma_applies",
+    "tma_configs",
+]
+
+Pair = tuple[int, int]
+
+# --------------------------------------------------------------------------- autotune configs
+
+# (BP, BQ, BLOCK_N, BLOCK_K, stages, warps): a BP x BQ pixel box (BLOCK_M = BP*BQ rows) x
+# BLOCK_N channels, one warpgroup; wgmma's M is the channels (64 per instruction), its N the
+# pixels. 128 x 256 and 256 x 128 are out of reach at 4 warps: their fp32 accumulator alone
+# is 256 registers per thread (the limit is 255); 64 x 256 is one HGMMA.64x256.
+TMA_TILES = {
+    "fp16": [  # fp16 and bf16
+        (8, 16, 128, 64, 4, 4),
+        (16, 16, 64, 64, 4, 4),
+        (16, 8, 128, 64, 4, 4),
+        (8, 8, 128, 64, 4, 4),
+        (8, 16, 64, 64, 4, 4),
+        (8, 8, 64, 64, 4, 4),
+    ],
+    "tf32": [  # half the fp16 BLOCK_K: the same bytes per stage
+        (8, 16, 128, 32, 4, 4),
+        (16, 16, 64, 32, 4, 4),
+        (8, 8, 128, 32, 4, 4),
+        (8, 16, 64, 32, 4, 4),
+        (8, 8, 64, 32, 4, 4),
+    ],
+}
+_MAX_BLOCK_K = 64
+
+# Under the interpreter an autotuner would time configs with CUDA events: one config only.
+_INTERPRETER_TILE = (4, 8, 16, 16, 1, 1)
+
+
+def _set_block_shapes(nargs: dict) -> None:
+    """Autotune pre_hook: the descriptors' boxes follow the config's tile."""
+    block_k = nargs["BLOCK_K"]
+    nargs["a_desc"].block_shape = [1, nargs["BP"], nargs["BQ"], block_k]
+    nargs["b_desc"].block_shape = [nargs["BLOCK_N"], block_k]
+
+
+def _tma_config(bp, bq, block_n, block_k, stages, warps) -> triton.Config:
+    meta = {"BP": bp, "BQ": bq, "BLOCK_N": block_n, "BLOCK_K": block_k}
+    return triton.Config(meta, num_stages=stages, num_warps=warps, pre_hook=_set_block_shapes)
+
+
+def tma_configs(kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER) -> list[triton.Config]:
+    """Configs of the TMA implicit GEMM for a dot ``kind``: "fp16" (fp16, bf16) or "tf32".
+    ``interpreter=False`` gives the GPU list even under the interpreter (tests run them all)."""
+    if interpreter:
+        return [_tma_config(*_INTERPRETER_TILE)]
+    return [_tma_config(*tile) for tile in TMA_TILES[kind]]
+
+
+def _fit_block_k(config: triton.Config, cpad: int) -> triton.Config:
+    """``config`` with BLOCK_K at most CPAD (CPAD is a multiple of every smaller BLOCK_K)."""
+    if config.kwargs["BLOCK_K"] <= cpad:
+        return config
+    meta = {**config.kwargs, "BLOCK_K": cpad}
+    return _tma_config(*(meta[k] for k in ("BP", "BQ", "BLOCK_N", "BLOCK_K")),
+                       config.num_stages, config.num_warps)  # fmt: skip
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Drop tiles much wider than the output channels and boxes mostly outside the image;
+    shrink BLOCK_K to CPAD for few input channels (a chunk must not cross a tap)."""
+    cout, rows_h, rows_w = named_args["COUT"], named_args["ROWS_H"], named_args["ROWS_W"]
+
+    def useful(c: triton.Config) -> bool:
+        bp, bq = c.kwargs["BP"], c.kwargs["BQ"]
+        covered = triton.cdiv(rows_h, bp) * bp * triton.cdiv(rows_w, bq) * bq
+        return c.kwargs["BLOCK_N"] <= max(64, 2 * cout) and covered <= 2 * rows_h * rows_w
+
+    kept = [c for c in configs if useful(c)] or configs
+    return [_fit_block_k(c, named_args["CPAD"]) for c in kept]
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+@triton.jit
+def _tma_implicit_gemm_kernel(
+    # descriptors and pointers
+    a_desc,  # (N, A_H, A_W, CIN), box [1, BP, BQ, BLOCK_K]
+    b_desc,  # (COUT, R*S*CPAD) zero-padded weight, box [BLOCK_N, BLOCK_K]
+    bias_ptr,
+    out_ptr,
+    taps_ptr,
+    # shapes
+    ROWS_H,
+    ROWS_W,
+    CIN,
+    CPAD,
+    S,
+    COUT,
+    OUT_H,
+    OUT_W,
+    PHASES,
+    # geometry
+    tap_step_h,
+    tap_step_w,
+    weight_step_r,
+    weight_step_s,
+    out_step_h,
+    out_step_w,
+    # output strides (channel stride 1)
+    stride_on,
+    stride_oh,
+    stride_ow,
+    # meta-parameters
+    HAS_BIAS: tl.constexpr,
+    APPLY_RELU: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BP: tl.constexpr,
+    BQ: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    INDEX_64: tl.constexpr = False,
+):
+    """The generic implicit GEMM's contract (same tap table, steps and output mapping) with
+    row step 1 and a program's rows a BP x BQ box (i0.., j0..) of image n.
+
+    Tap (t, u) reads the pixel box at (n, i0 + h0 + t*tap_step_h, j0 + w0 + u*tap_step_w,
+    c0) and the weight box at (n0, (r*S + s)*CPAD + c0) with (r, s) = (r0 + t*weight_step_r,
+    s0 + u*weight_step_s); TMA zero-fills what lies outside either tensor. The accumulator
+    is the transposed tile (BLOCK_N x BLOCK_M), so the reshaped pixel box is wgmma's B
+    operand, read from shared memory. Row (i, j) of the box goes to
+    out[n, out_h0 + i*out_step_h, out_w0 + j*out_step_w, :] where that is inside. Grid: one
+    axis, N * cdiv(ROWS_H, BP) * cdiv(ROWS_W, BQ) * PHASES * cdiv(COUT, BLOCK_N) programs,
+    channel tiles fastest, then phases, box columns, box rows, images.
+    """
+    BLOCK_M: tl.constexpr = BP * BQ
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(COUT, BLOCK_N)
+    pid_n = pid % n_tiles
+    rest = pid // n_tiles
+    phase = rest % PHASES
+    rest = rest // PHASES
+    boxes_w = tl.cdiv(ROWS_W, BQ)
+    box_j = rest % boxes_w
+    rest = rest // boxes_w
+    boxes_h = tl.cdiv(ROWS_H, BP)
+    box_i = rest % boxes_h
+    n = rest // boxes_h
+    taps = taps_ptr + phase * 8
+    r0 = tl.load(taps)
+    count_r = tl.load(taps + 1)
+    h0 = tl.load(taps + 2)
+    s0 = tl.load(taps + 3)
+    count_s = tl.load(taps + 4)
+    w0 = tl.load(taps + 5)
+    out_h0 = tl.load(taps + 6)
+    out_w0 = tl.load(taps + 7)
+
+    i0 = box_i * BP
+    j0 = box_j * BQ
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < COUT
+
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # transposed: channels x pixels
+    if HAS_BIAS:  # the accumulator starts at the bias: no bias registers in the epilogue
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
+        acc += bias.to(tl.float32)[:, None]
+    c_chunks = tl.cdiv(CIN, BLOCK_K)
+    # Box corner and weight column of the current step, carried by adds: no division.
+    a_h = i0 + h0
+    a_w = j0 + w0
+    w_row = (r0 * S + s0) * CPAD  # weight column of tap (t, 0)
+    w_col = w_row  # of tap (t, u)
+    c0 = 0
+    u = 0
+    for _ in range(count_r * count_s * c_chunks):
+        x_tile = a_desc.load([n, a_h, a_w, c0]).reshape(BLOCK_M, BLOCK_K)
+        w_tile = b_desc.load([n0, w_col + c0])
+        acc = tl.dot(w_tile, x_tile.T, acc, input_precision=INPUT_PRECISION)
+        # Next (t, u, chunk): carries by compare, no division.
+        c0 += BLOCK_K
+        next_tap = c0 >= CIN
+        c0 = tl.where(next_tap, 0, c0)
+        u += next_tap.to(tl.int32)
+        a_w += tl.where(next_tap, tap_step_w, 0)
+        w_col += tl.where(next_tap, weight_step_s * CPAD, 0)
+        next_row = u >= count_s
+        u = tl.where(next_row, 0, u)
+        a_w = tl.where(next_row, j0 + w0, a_w)
+        a_h += tl.where(next_row, tap_step_h, 0)
+        w_row += tl.where(next_row, weight_step_r * S * CPAD, 0)
+        w_col = tl.where(next_row, w_row, w_col)
+
+    if APPLY_RELU:  # torch's relu keeps NaN; tl.maximum compiles to a NaN-dropping max.f32
+        acc = tl.where(acc < 0.0, 0.0, acc)
+    offs_m = tl.arange(0, BLOCK_M)
+    i = i0 + offs_m // BQ  # constexpr BQ: a shift
+    j = j0 + offs_m % BQ
+    if INDEX_64:  # an offset within one image of the output can pass 2**31
+        i = i.to(tl.int64)
+        j = j.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+    out_h = out_h0 + i * out_step_h
+    out_w = out_w0 + j * out_step_w
+    mask_out = (i < ROWS_H) & (j < ROWS_W) & (out_h < OUT_H) & (out_w < OUT_W)
+    out_rows = out_ptr + n.to(tl.int64) * stride_on + out_h * stride_oh + out_w * stride_ow
+    out_ptrs = out_rows[:, None] + offs_n[None, :]
+    out = tl.trans(acc).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptrs, out, mask=mask_out[:, None] & mask_n[None, :])
+
+
+_KEY = ["ROWS_H", "ROWS_W", "CIN", "S", "COUT", "PHASES"]
+_TUNED = {
+    kind: triton.autotune(
+        tma_configs(kind), _KEY, prune_configs_by={"early_config_prune": _prune_configs}
+    )(_tma_implicit_gemm_kernel)
+    for kind in TMA_TILES
+}
+
+# --------------------------------------------------------------------------- applicability
+
+# TMA coordinates are int32 and a global dimension at most 2**32; stay well inside int32
+# for every coordinate a box corner can take (a dimension plus the padding and tap reach).
+_COORD_LIMIT = 2**31 - 2**20
+_STRIDE_BYTES_LIMIT = 2**40  # cuTensorMapEncodeTiled: global strides below 2**40 bytes
+
+
+def _tma_device(t: Tensor) -> bool:
+    if t.device.type == "cuda":
+        return torch.cuda.get_device_capability(t.device)[0] >= 9
+    return TRITON_INTERPRETER and t.device.type == "cpu"
+
+
+def _descriptor_ok(t: Tensor) -> bool:
+    """Whether ``t`` (N, C, H, W), read through :func:`layout.nhwc`, is a valid TMA tensor:
+    16-byte-aligned base, channel stride 1, other strides multiples of 16 bytes."""
+    item = t.element_size()
+    if t.shape[1] * item % 16:
+        return False
+    if t.stride(1) != 1:  # nhwc() makes a fresh, dense channels-last copy
+        return True
+    if t.data_ptr() % 16:
+        return False
+    for dim in (0, 2, 3):
+        if t.shape[dim] > 1 and (t.stride(dim) * item % 16 or t.stride(dim) <= 0):
+            return False
+        if t.shape[dim] > 1 and t.stride(dim) * item >= _STRIDE_BYTES_LIMIT:
+            return False
+    return True
+
+
+def tma_applies(
+    a: Tensor, weight: Tensor, stride: Pair, padding: Pair, dilation: Pair, transposed: bool
+) -> bool:
+    """Whether the TMA kernel can run this call: ``a`` is x for the forward
+    (``transposed=False``, stride 1 only) or grad_y for the input gradient
+    (``transposed=True``, any stride); ``weight`` is (K, C, R, S).
+
+    Needs an sm_90+ CUDA device (or the interpreter, for tests), fp16/bf16 or fp32 with tf32
+    allowed, ``a``'s channels a multiple of 16 bytes (8 fp16/bf16 or 4 fp32 channels: the
+    TMA stride rule) with a 16-byte-aligned base when ``a`` is already channels-last, and
+    every box coordinate inside int32. The weight is always read through an aligned padded
+    copy, so the other channel count is free.
+    """
+    if a.dtype not in (torch.float16, torch.bfloat16, torch.float32) or weight.dtype != a.dtype:
+        return False
+    if a.dtype == torch.float32 and input_precision(a.dtype) != "tf32":
+        return False
+    if not (_tma_device(a) and a.device == weight.device):
+        return False
+    if not transposed and tuple(stride) != (1, 1):
+        return False
+    if a.numel() == 0 or weight.numel() == 0:
+        return False
+    k, c, r, s = weight.shape
+    if not _descriptor_ok(a):
+        return False
+    reach_h = a.shape[2] + padding[0] + dilation[0] * r + (stride[0] + 1) * 256
+    reach_w = a.shape[3] + padding[1] + dilation[1] * s + (stride[1] + 1) * 256
+    dims = (a.shape[0], a.shape[1], k, c, reach_h, reach_w)
+    return max(dims) < _COORD_LIMIT
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def _descriptor(t: Tensor) -> TensorDescriptor:
+    """(N, C, H, W) channels-contiguous ``t`` as a 4-D (N, H, W, C) descriptor; the box is set
+    per config by :func:`_set_block_shapes`. Size-1 dims get a dense stride (any value is
+    valid for them; TMA wants a positive multiple of 16 bytes)."""
+    n, c, h, w = t.shape
+    sn, sh, sw = nhwc_strides(t)
+    sw = sw or c
+    sh = sh or sw * w
+    sn = sn or sh * h
+    return TensorDescriptor(t, [n, h, w, c], [sn, sh, sw, 1], [1, 1, 1, 16])
+
+
+def _channel_pad(cin: int) -> int:
+    """CPAD: CIN rounded up to 16, 32 or a multiple of 64 (_MAX_BLOCK_K), so every BLOCK_K a
+    config can take (16-64, shrunk to CPAD by the pruner) divides it."""
+    for size in (16, 32):
+        if cin <= size:
+            return size
+    return triton.cdiv(cin, _MAX_BLOCK_K) * _MAX_BLOCK_K
+
+
+def _packed_weight(weight: Tensor, transposed: bool) -> Tensor:
+    """The weight (K, C, R, S) as the zero-padded 2-D (COUT, R*S*CPAD) matrix the kernel
+    reads: rows = output channels of the GEMM (K forward, C dgrad), columns = (r, s, cin)."""
+    w = weight.transpose(0, 1) if transposed else weight  # (COUT, CIN, R, S)
+    cout, cin, r, s = w.shape
+    cpad = _channel_pad(cin)
+    packed = torch.zeros((cout, r, s, cpad), dtype=w.dtype, device=w.device)
+    packed[..., :cin].copy_(w.permute(0, 2, 3, 1))
+    return packed.view(cout, r * s * cpad)
+
+
+def _launch_tma(a, b, s, bias, out, taps, rows, steps, relu, config, what) -> None:
+    """Launch the TMA implicit GEMM: ``b`` the packed weight (:func:`_packed_weight`), ``s``
+    the kernel width, ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (tap, weight, out) steps,
+    each an (h, w) pair (the row step is 1)."""
+    n, rows_h, rows_w = rows
+    tap_step, weight_step, out_step = steps
+    phases = taps.shape[0]
+    cout = out.shape[1]
+
+    def grid(meta):
+        boxes = triton.cdiv(rows_h, meta["BP"]) * triton.cdiv(rows_w, meta["BQ"])
+        return checked_grid((n * boxes * phases * triton.cdiv(cout, meta["BLOCK_N"]),), what)
+
+    a_desc = _descriptor(a)
+    cpad = _channel_pad(a.shape[1])
+    b_desc = TensorDescriptor(b, [b.shape[0], b.shape[1]], [b.shape[1], 1], [16, 16])
+    args = (
+        a_desc, b_desc, bias if bias is not None else out, out, taps,
+        rows_h, rows_w, a.shape[1], cpad, s, cout, out.shape[2], out.shape[3], phases,
+        *tap_step, *weight_step, *out_step, *nhwc_strides(out),
+    )  # fmt: skip
+    meta = dict(
+        HAS_BIAS=bias is not None, APPLY_RELU=relu, INPUT_PRECISION=input_precision(a.dtype),
+        INDEX_64=needs_int64(n * rows_h * rows_w, out),
+    )  # fmt: skip
+    if config is None:
+        _TUNED[dot_kind(a.dtype)][grid](*args, **meta)
+        return
+    config = _fit_block_k(config, cpad)
+    _set_block_shapes({"a_desc": a_desc, "b_desc": b_desc, **config.kwargs})
+    _tma_implicit_gemm_kernel[grid](
+        *args, **meta, **config.kwargs,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+
+
+def conv2d_fwd_tma(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    output_size: Pair,
+    apply_relu: bool,
+    config: triton.Config | None = None,
+) -> Tensor:
+    """:func:`fastconv.kernels.conv2d.conv2d_fwd` through TMA boxes; only where
+    ``tma_applies(x, weight, stride, padding, dilation, transposed=False)`` (stride 1)."""
+    if tuple(stride) != (1, 1):
+        raise ValueError("conv2d_fwd_tma: the forward's TMA boxes need stride 1")
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    p, q = output_size
+    y, y_nhwc = nhwc_output((n, k, p, q), x)
+    if y.numel() == 0:
+        return y
+    taps = phase_table(((0, r, -padding[0], 0),), ((0, s, -padding[1], 0),), x)
+    steps = (dilation, (1, 1), (1, 1))
+    _launch_tma(
+        nhwc(x), _packed_weight(weight, False), s, bias, y_nhwc, taps, (n, p, q), steps,
+        apply_relu, config,
+        "conv2d forward (TMA)",
+    )  # fmt: skip
+    return y if y is y_nhwc else y.copy_(y_nhwc)
+
+
+def conv2d_bwd_input_tma(
+    grad_y: Tensor,
+    weight: Tensor,
+    input_shape: torch.Size | tuple[int, int, int, int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    config: triton.Config | None = None,
+) -> Tensor:
+    """:func:`fastconv.kernels.conv2d.conv2d_bwd_input` through TMA boxes; only where
+    ``tma_applies(grad_y, weight, stride, padding, dilation, transposed=True)``."""
+    n, c, h, w = input_shape
+    k, _, r, s = weight.shape
+    grad_x, grad_x_nhwc = nhwc_output((n, c, h, w), grad_y)
+    if grad_x.numel() == 0:
+        return grad_x
+    if grad_y.numel() == 0:
+        return grad_x.zero_()
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    taps = phase_table(tap_rows(sh, ph, dh, r), tap_rows(sw, pw, dw, s), grad_y)
+    step_r, step_s = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
+    steps = ((-(step_r * dh) // sh, -(step_s * dw) // sw), (step_r, step_s), stride)
+    rows = (n, triton.cdiv(h, sh), triton.cdiv(w, sw))
+    _launch_tma(
+        nhwc(grad_y), _packed_weight(weight, True), s, None, grad_x_nhwc, taps, rows, steps,
+        False, config,
+        "conv2d input gradient (TMA)",
+    )  # fmt: skip
+    return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)

@@ -37,14 +37,16 @@ import triton.language as tl
 from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
+from fastconv.kernels import conv2d_wgrad
+from fastconv.kernels.conv2d_depthwise import (
+    depthwise_bwd_input,
+    depthwise_bwd_weight,
+    depthwise_fwd,
+    is_depthwise,
+)
 from fastconv.kernels.conv2d_stem import conv2d_stem_fwd, uses_stem_path
 from fastconv.kernels.conv2d_tma import conv2d_bwd_input_tma, conv2d_fwd_tma, tma_applies
-from fastconv.kernels.conv2d_wgrad import (
-    conv2d_bwd_weight,
-    wgrad_configs,
-    wgrad_partition,
-    wgrad_split,
-)
+from fastconv.kernels.conv2d_wgrad import wgrad_configs, wgrad_partition, wgrad_split
 from fastconv.kernels.launch import (
     INTERPRETER_CONFIGS,
     checked_grid,
@@ -339,6 +341,8 @@ def conv2d_fwd(
     module's kernel instead of the autotuner's choice.
     """
     n, c, h, w = x.shape
+    if config is None and is_depthwise(c, weight.shape, groups):  # a memory-bound direct kernel
+        return depthwise_fwd(x, weight, bias, stride, padding, dilation, output_size, apply_relu)
     if groups == 1 and uses_stem_path(c):  # few channels: (r, s, c) folded into one reduction
         return conv2d_stem_fwd(
             x, weight, bias, stride, padding, dilation, output_size, apply_relu, config
@@ -376,6 +380,8 @@ def conv2d_bwd_input(
     not) and the weight as (C, R, S, K). On sm_90, grad_y rows of 16-byte multiples take the
     TMA kernel (:mod:`fastconv.kernels.conv2d_tma`) unless ``config`` is given.
     """
+    if config is None and is_depthwise(input_shape[1], weight.shape, groups):
+        return depthwise_bwd_input(grad_y, weight, input_shape, stride, padding, dilation)
     if (
         groups == 1
         and config is None
@@ -405,6 +411,31 @@ def conv2d_bwd_input(
         "conv2d input gradient",
     )  # fmt: skip
     return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)
+
+
+def conv2d_bwd_weight(
+    grad_y: Tensor,
+    x: Tensor,
+    weight_shape: torch.Size | tuple[int, int, int, int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    need_bias_grad: bool,
+    groups: int = 1,
+    split: int | None = None,
+    config: triton.Config | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """(grad_w, grad_b or None) of the conv: a depthwise convolution's from its direct kernel
+    (:mod:`fastconv.kernels.conv2d_depthwise`), any other's from the implicit-GEMM wgrad
+    (:func:`fastconv.kernels.conv2d_wgrad.conv2d_bwd_weight`, which ``split`` and ``config``
+    go to)."""
+    if split is None and config is None and is_depthwise(x.shape[1], weight_shape, groups):
+        return depthwise_bwd_weight(
+            grad_y, x, weight_shape, stride, padding, dilation, need_bias_grad
+        )
+    return conv2d_wgrad.conv2d_bwd_weight(
+        grad_y, x, weight_shape, stride, padding, dilation, need_bias_grad, groups, split, config
+    )
 
 
 def relu_grad(grad_y: Tensor, relu_output: Tensor) -> Tensor:

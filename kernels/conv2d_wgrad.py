@@ -268,23 +268,24 @@ def wgrad_partition(rows: int, weight_numel: int, split: int | None = None) -> t
 
 
 def _nhwc(t: Tensor, groups: int) -> Tensor:
-    """``t`` (N, C, H, W) as NHWC with unit channel stride; without groups, C padded to a
-    multiple of 16.
+    """``t`` (N, C, H, W) as NHWC with unit channel stride, each group's C/groups channels
+    padded to a multiple of 16: (N, groups * padded, H, W).
 
-    A tensor with unit channel stride and (without groups) a multiple of 16 channels is used
-    as it is (views, an expanded batch); otherwise it is copied, the padding channels zero. 16
+    A tensor with unit channel stride and groups of a multiple of 16 channels is used as it
+    is (views, an expanded batch); otherwise it is copied, the padding channels zero. 16
     channels make every row of a tile 16-byte aligned, so the kernel's loads become
-    asynchronous 16-byte copies. Grouped tensors are not padded: padding every group of a
-    depthwise or ResNeXt layer to 16 channels would multiply its size by up to 16, so groups
-    of other sizes run with unaligned (synchronous) loads.
+    asynchronous 16-byte copies (unaligned rows compiled to synchronous loads and spilled).
+    The copy is up to 16/(C/groups) times the tensor: 4x for ResNeXt's 4-channel groups
+    (depthwise convolutions take their own kernel).
     """
     n, c, h, w = t.shape
-    padded_c = triton.cdiv(c, _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
-    if groups > 1 or padded_c == c:
+    per_group = c // groups
+    padded_group = triton.cdiv(per_group, _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
+    if padded_group == per_group:
         return nhwc(t)
-    padded = alloc.zeros((n, h, w, padded_c), dtype=t.dtype, device=t.device)
-    padded[..., :c] = t.permute(0, 2, 3, 1)
-    return padded.permute(0, 3, 1, 2)
+    padded = alloc.zeros((n, h, w, groups, padded_group), dtype=t.dtype, device=t.device)
+    padded[..., :per_group] = t.view(n, groups, per_group, h, w).permute(0, 3, 4, 1, 2)
+    return padded.view(n, h, w, groups * padded_group).permute(0, 3, 1, 2)
 
 
 def conv2d_bwd_weight(

@@ -335,17 +335,21 @@ def _configs(kernel, args: tuple, kwargs: dict) -> list[tuple[dict, dict]]:
         configs = kernel.prune_configs(kwargs)
     finally:
         kernel.nargs = None
-    return [(cfg.kwargs, cfg.all_kwargs(), _pre_hooked(kernel, cfg, args)) for cfg in configs]
+    return [
+        (cfg.kwargs, cfg.all_kwargs(), _pre_hooked(kernel, cfg, args, kwargs)) for cfg in configs
+    ]
 
 
-def _pre_hooked(kernel, config, args: tuple) -> tuple:
+def _pre_hooked(kernel, config, args: tuple, kwargs: dict) -> tuple:
     """``args`` as ``config``'s ``pre_hook`` leaves them (it sets TMA descriptors' block
-    shapes per config), applied to copies so the other configs see the originals."""
+    shapes per config), applied to copies so the other configs see the originals; the hook
+    sees the arguments, the launch's keywords and the config's, as ``Autotuner`` passes them."""
     if config.pre_hook is None:
         return args
-    nargs = {name: copy.copy(arg) for name, arg in zip(kernel.arg_names, args, strict=False)}
-    config.pre_hook(nargs)
-    return tuple(nargs[name] for name in kernel.arg_names[: len(args)])
+    names = kernel.arg_names[: len(args)]
+    nargs = {name: copy.copy(arg) for name, arg in zip(names, args, strict=True)}
+    config.pre_hook({**kwargs, **config.all_kwargs(), **nargs})
+    return tuple(nargs[name] for name in names)
 
 
 def bind(kernel, args: tuple, kwargs: dict, cc: int) -> list[dict]:

@@ -161,11 +161,11 @@ def _tf32(allowed: bool):
         torch.backends.cudnn.allow_tf32 = saved
 
 
-def _tensor(shape, dtype, layout):
+def _tensor(shape, dtype, layout, device="cpu"):
     import torch
 
     memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype).contiguous(memory_format=memory_format)
+    return torch.empty(shape, dtype=dtype, device=device).contiguous(memory_format=memory_format)
 
 
 def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launch]]:
@@ -175,10 +175,12 @@ def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
 
     dtype = getattr(torch, TORCH_DTYPES[dtype_name])
     p, q = shape.output_hw
-    x = _tensor((shape.n, shape.c, shape.h, shape.w), dtype, layout)
-    w = _tensor((shape.k, shape.c // shape.groups, shape.r, shape.s), dtype, layout)
-    b = torch.empty(shape.k, dtype=dtype)
-    grad_y = _tensor((shape.n, shape.k, p, q), dtype, layout)
+    # Meta tensors: the launchers' layout copies and workspaces (kept alive by the records)
+    # take no memory; a meta pointer (0) is 16-byte aligned like a fresh CUDA allocation.
+    x = _tensor((shape.n, shape.c, shape.h, shape.w), dtype, layout, "meta")
+    w = _tensor((shape.k, shape.c // shape.groups, shape.r, shape.s), dtype, layout, "meta")
+    b = torch.empty(shape.k, dtype=dtype, device="meta")
+    grad_y = _tensor((shape.n, shape.k, p, q), dtype, layout, "meta")
     geometry = (shape.stride, shape.padding, shape.dilation)
     groups = shape.groups
     out = []

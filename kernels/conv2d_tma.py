@@ -43,6 +43,7 @@ from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from fastconv.backend import TRITON_INTERPRETER
+from fastconv.kernels import alloc
 from fastconv.kernels.launch import checked_grid, dot_kind, input_precision, needs_int64
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
 from fastconv.kernels.taps import phase_table, tap_rows
@@ -361,7 +362,7 @@ def _packed_weight(weight: Tensor, transposed: bool) -> Tensor:
     w = weight.transpose(0, 1) if transposed else weight  # (COUT, CIN, R, S)
     cout, cin, r, s = w.shape
     cpad = _channel_pad(cin)
-    packed = torch.zeros((cout, r, s, cpad), dtype=w.dtype, device=w.device)
+    packed = alloc.zeros((cout, r, s, cpad), dtype=w.dtype, device=w.device)
     packed[..., :cin].copy_(w.permute(0, 2, 3, 1))
     return packed.view(cout, r * s * cpad)
 

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from fastconv.kernels import alloc
+from fastconv.kernels import alloc, conv2d_depthwise, conv2d_stem, conv2d_tma, conv2d_wgrad, layout
 from fastconv.kernels import conv2d as conv2d_kernels
 from fastconv.kernels import pool2d as pool_kernels
 
@@ -76,10 +76,25 @@ def test_bad_environment_value_names_the_variable(monkeypatch):
         alloc.poisoning_enabled()
 
 
-@pytest.mark.parametrize("module", [conv2d_kernels, pool_kernels], ids=["conv2d", "pool2d"])
-def test_launchers_allocate_only_through_the_hook(module):
+# Every module that allocates kernel outputs or workspaces, and the call it allocates them
+# with (``layout.nhwc_output`` goes through ``alloc.empty``).
+ALLOCATING_MODULES = {
+    "conv2d": (conv2d_kernels, "nhwc_output("),
+    "conv2d_tma": (conv2d_tma, "nhwc_output("),
+    "conv2d_stem": (conv2d_stem, "alloc.empty("),
+    "conv2d_wgrad": (conv2d_wgrad, "alloc.empty("),
+    "conv2d_depthwise": (conv2d_depthwise, "alloc.empty("),
+    "pool2d": (pool_kernels, "alloc.empty("),
+    "layout": (layout, "alloc.empty("),
+}
+
+
+@pytest.mark.parametrize(
+    ("module", "allocation"), ALLOCATING_MODULES.values(), ids=list(ALLOCATING_MODULES)
+)
+def test_launchers_allocate_only_through_the_hook(module, allocation):
     # a launcher that called torch.empty directly would escape poisoning
     source = inspect.getsource(module)
     direct = re.findall(r"torch\.(?:empty|empty_like|empty_strided|zeros)\(|\.new_\w+\(", source)
     assert direct == []
-    assert "alloc.empty(" in source
+    assert allocation in source

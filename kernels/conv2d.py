@@ -29,8 +29,6 @@ registers). The grid is one axis (below 2**31 programs, checked).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -57,7 +55,7 @@ from fastconv.kernels.launch import (
     tile_config,
 )
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
-from fastconv.kernels.taps import phase_table, tap_rows
+from fastconv.kernels.taps import dgrad_taps, forward_taps, load_phase_taps
 
 __all__ = [
     "conv2d_bwd_input",
@@ -201,15 +199,7 @@ def _implicit_gemm_kernel(
     pid_mp = pid // n_tiles // GROUPS
     phase = pid_mp % PHASES
     pid_m = pid_mp // PHASES
-    taps = taps_ptr + phase * 8
-    r0 = tl.load(taps)
-    count_r = tl.load(taps + 1)
-    h0 = tl.load(taps + 2)
-    s0 = tl.load(taps + 3)
-    count_s = tl.load(taps + 4)
-    w0 = tl.load(taps + 5)
-    out_h0 = tl.load(taps + 6)
-    out_w0 = tl.load(taps + 7)
+    r0, count_r, h0, s0, count_s, w0, out_h0, out_w0 = load_phase_taps(taps_ptr, phase)
 
     if INDEX_64:  # a pixel count or an offset within one sample can pass 2**31
         pid_m = pid_m.to(tl.int64)
@@ -354,7 +344,7 @@ def conv2d_fwd(
     y, y_nhwc = nhwc_output((n, k, p, q), x)
     if y.numel() == 0:
         return y
-    taps = phase_table(((0, r, -padding[0], 0),), ((0, s, -padding[1], 0),), x)
+    taps = forward_taps((r, s), padding, x)
     steps = (stride, dilation, (1, 1), (1, 1))
     _launch_implicit_gemm(
         nhwc(x), nhwc(weight), bias, y_nhwc, taps, (n, p, q), steps, groups, apply_relu,
@@ -395,20 +385,17 @@ def conv2d_bwd_input(
         return grad_x
     if grad_y.numel() == 0:
         return grad_x.zero_()
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    rows_h = tap_rows(sh, ph, dh, r)
-    rows_w = tap_rows(sw, pw, dw, s)
-    taps = phase_table(rows_h, rows_w, grad_y)
-    step_r, step_s = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
-    steps = ((1, 1), (-(step_r * dh) // sh, -(step_s * dw) // sw), (step_r, step_s), stride)
+    taps, rows_hw, tap_step, weight_step = dgrad_taps(
+        (h, w), (r, s), stride, padding, dilation, grad_y
+    )
+    steps = ((1, 1), tap_step, weight_step, stride)
     # group g's (C/groups, K/groups) block of the transposed weight, groups stacked: (C, K/G, R, S)
     k_g, c_g = k // groups, weight.shape[1]
     weight_t = weight.view(groups, k_g, c_g, r, s).transpose(1, 2).reshape(c, k_g, r, s)
     weight_t = weight_t.contiguous(memory_format=torch.channels_last)
-    rows = (n, triton.cdiv(h, sh), triton.cdiv(w, sw))
     _launch_implicit_gemm(
-        nhwc(grad_y), weight_t, None, grad_x_nhwc, taps, rows, steps, groups, False, config,
-        "conv2d input gradient",
+        nhwc(grad_y), weight_t, None, grad_x_nhwc, taps, (n, *rows_hw), steps, groups, False,
+        config, "conv2d input gradient",
     )  # fmt: skip
     return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)
 

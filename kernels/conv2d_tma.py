@@ -34,8 +34,6 @@ to the generic kernel otherwise.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -46,7 +44,7 @@ from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
 from fastconv.kernels.launch import checked_grid, dot_kind, input_precision, needs_int64
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
-from fastconv.kernels.taps import phase_table, tap_rows
+from fastconv.kernels.taps import dgrad_taps, forward_taps, load_phase_taps
 
 __all__ = [
     "conv2d_bwd_input_tma",
@@ -196,15 +194,7 @@ def _tma_implicit_gemm_kernel(
     boxes_h = tl.cdiv(ROWS_H, BP)
     box_i = rest % boxes_h
     n = rest // boxes_h
-    taps = taps_ptr + phase * 8
-    r0 = tl.load(taps)
-    count_r = tl.load(taps + 1)
-    h0 = tl.load(taps + 2)
-    s0 = tl.load(taps + 3)
-    count_s = tl.load(taps + 4)
-    w0 = tl.load(taps + 5)
-    out_h0 = tl.load(taps + 6)
-    out_w0 = tl.load(taps + 7)
+    r0, count_r, h0, s0, count_s, w0, out_h0, out_w0 = load_phase_taps(taps_ptr, phase)
 
     i0 = box_i * BP
     j0 = box_j * BQ
@@ -424,7 +414,7 @@ def conv2d_fwd_tma(
     y, y_nhwc = nhwc_output((n, k, p, q), x)
     if y.numel() == 0:
         return y
-    taps = phase_table(((0, r, -padding[0], 0),), ((0, s, -padding[1], 0),), x)
+    taps = forward_taps((r, s), padding, x)
     steps = (dilation, (1, 1), (1, 1))
     _launch_tma(
         nhwc(x), _packed_weight(weight, False), s, bias, y_nhwc, taps, (n, p, q), steps,
@@ -452,11 +442,11 @@ def conv2d_bwd_input_tma(
         return grad_x
     if grad_y.numel() == 0:
         return grad_x.zero_()
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    taps = phase_table(tap_rows(sh, ph, dh, r), tap_rows(sw, pw, dw, s), grad_y)
-    step_r, step_s = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
-    steps = ((-(step_r * dh) // sh, -(step_s * dw) // sw), (step_r, step_s), stride)
-    rows = (n, triton.cdiv(h, sh), triton.cdiv(w, sw))
+    taps, rows_hw, tap_step, weight_step = dgrad_taps(
+        (h, w), (r, s), stride, padding, dilation, grad_y
+    )
+    steps = (tap_step, weight_step, stride)
+    rows = (n, *rows_hw)
     _launch_tma(
         nhwc(grad_y), _packed_weight(weight, True), s, None, grad_x_nhwc, taps, rows, steps,
         False, config,

@@ -4,11 +4,16 @@ phase of the input gradient, and where (shared by the cp.async and the TMA kerne
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
 
-__all__ = ["phase_table", "tap_rows"]
+__all__ = ["dgrad_taps", "forward_taps", "load_phase_taps", "phase_table", "tap_rows"]
+
+Pair = tuple[int, int]
 
 
 @functools.lru_cache(maxsize=256)
@@ -38,3 +43,41 @@ def phase_table(rows_h, rows_w, like: Tensor) -> Tensor:
 def _device_phase_table(rows_h, rows_w, device: torch.device) -> Tensor:
     table = [(*h[:3], *w[:3], h[3], w[3]) for h in rows_h for w in rows_w]
     return torch.tensor(table, dtype=torch.int32).to(device)
+
+
+def forward_taps(kernel_hw: Pair, padding: Pair, like: Tensor) -> Tensor:
+    """The forward's one-phase table: every tap r < R from h = p*stride - pad_h (likewise s)."""
+    (r, s), (pad_h, pad_w) = kernel_hw, padding
+    return phase_table(((0, r, -pad_h, 0),), ((0, s, -pad_w, 0),), like)
+
+
+def dgrad_taps(
+    input_hw: Pair, kernel_hw: Pair, stride: Pair, padding: Pair, dilation: Pair, like: Tensor
+) -> tuple[Tensor, Pair, Pair, Pair]:
+    """dgrad's geometry: (tap table, rows per phase (H, W), tap step, weight step).
+
+    Input pixels are grouped by stride phase (h mod stride_h); the t-th tap of a phase reads
+    grad_y at p = i + offset + t*tap_step with weight tap r0 + t*weight_step (:func:`tap_rows`).
+    """
+    (h, w), (r, s), (sh, sw), (ph, pw), (dh, dw) = input_hw, kernel_hw, stride, padding, dilation
+    taps = phase_table(tap_rows(sh, ph, dh, r), tap_rows(sw, pw, dw, s), like)
+    step_r, step_s = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
+    tap_step = (-(step_r * dh) // sh, -(step_s * dw) // sw)
+    return taps, (triton.cdiv(h, sh), triton.cdiv(w, sw)), tap_step, (step_r, step_s)
+
+
+@triton.jit
+def load_phase_taps(taps_ptr, phase):
+    """Row ``phase`` of a (PHASES, 8) int32 tap table: (r0, count_r, h0, s0, count_s, w0,
+    out_h0, out_w0)."""
+    taps = taps_ptr + phase * 8
+    return (
+        tl.load(taps),
+        tl.load(taps + 1),
+        tl.load(taps + 2),
+        tl.load(taps + 3),
+        tl.load(taps + 4),
+        tl.load(taps + 5),
+        tl.load(taps + 6),
+        tl.load(taps + 7),
+    )

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from fastconv.activations import check_activation, reference_activation, saved_for_backward
 from fastconv.backend import resolve_backend
 from fastconv.kernels.layout import memory_format_of
 
@@ -21,6 +22,7 @@ __all__ = [
     "avg_pool2d",
     "conv2d",
     "conv2d_bias_relu",
+    "fused_conv2d",
     "max_pool2d",
 ]
 
@@ -170,85 +172,206 @@ def _check_conv_args(
     return stride_hw, before, after, dilation_hw, out_hw
 
 
-class Conv2dBiasReLUFunction(torch.autograd.Function):
-    """``y = relu?(conv2d(x, w) + b)``; forward and backward run the Triton kernels."""
+class Conv2dEpilogueFunction(torch.autograd.Function):
+    """``y = act(conv2d(x, w) * scale + b + residual)``; forward and backward run Triton kernels.
+
+    The backward turns ``grad_y`` into ``grad_z`` (z the pre-activation) once, from the
+    saved output or pre-activation (:func:`fastconv.activations.saved_for_backward`), then
+    runs dgrad on the scaled weight and wgrad on ``grad_z``: ``grad_w = scale * wgrad`` and
+    ``grad_scale[k] = sum(wgrad[k] * w[k])`` (the convolution is linear in w), so a scale
+    costs no saved tensor. ``grad_residual = grad_z``.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, output_size, apply_relu):
+    def forward(
+        ctx,
+        x,
+        weight,
+        bias,
+        scale,
+        residual,
+        stride,
+        padding,
+        dilation,
+        groups,
+        output_size,
+        activation,
+        negative_slope,
+    ):
         from fastconv.kernels import conv2d as kernels
+        from fastconv.kernels.epilogue import Epilogue
 
-        y = kernels.conv2d_fwd(
-            x, weight, bias, stride, padding, dilation, output_size, apply_relu, groups
+        needs_grad = any(ctx.needs_input_grad[:5])
+        saved_kind = saved_for_backward(activation, negative_slope)
+        epilogue = Epilogue(
+            activation,
+            negative_slope,
+            scale,
+            residual,
+            save_preact=needs_grad and saved_kind == "preact",
         )
-        if any(ctx.needs_input_grad[:3]):
-            ctx.save_for_backward(x, weight, y if apply_relu else None)
+        result = kernels.conv2d_fwd(
+            x, weight, bias, stride, padding, dilation, output_size, epilogue, groups
+        )
+        y, preact = result if epilogue.save_preact else (result, None)
+        if needs_grad:
+            saved = preact if preact is not None else y if activation != "identity" else None
+            ctx.save_for_backward(x, weight, scale, saved)
             ctx.has_bias = bias is not None
             ctx.conv_args = (stride, padding, dilation)
             ctx.groups = groups
+            ctx.activation = (activation, negative_slope, saved_kind)
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_y):
         from fastconv.kernels import conv2d as kernels
+        from fastconv.kernels.epilogue import activation_bwd
 
-        x, weight, relu_output = ctx.saved_tensors
+        x, weight, scale, saved = ctx.saved_tensors
         stride, padding, dilation = ctx.conv_args
-        if relu_output is not None:
-            grad_y = kernels.relu_grad(grad_y, relu_output)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
+        activation, negative_slope, saved_kind = ctx.activation
+        needs = ctx.needs_input_grad
+        grad_z = grad_y
+        if saved is not None:
+            grad_z = activation_bwd(grad_y, saved, activation, negative_slope, saved_kind)
+        grad_x = grad_w = grad_b = grad_scale = None
+        if needs[0]:
+            scaled_weight = weight if scale is None else weight * scale.view(-1, 1, 1, 1)
             grad_x = kernels.conv2d_bwd_input(
-                grad_y, weight, x.shape, stride, padding, dilation, ctx.groups
+                grad_z, scaled_weight, x.shape, stride, padding, dilation, ctx.groups
             )
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+        need_bias_grad = ctx.has_bias and needs[2]
+        if needs[1] or need_bias_grad or (scale is not None and needs[3]):
             grad_w, grad_b = kernels.conv2d_bwd_weight(
-                grad_y,
-                x,
-                weight.shape,
-                stride,
-                padding,
-                dilation,
-                ctx.has_bias and ctx.needs_input_grad[2],
-                ctx.groups,
+                grad_z, x, weight.shape, stride, padding, dilation, need_bias_grad, ctx.groups
             )
-            if not ctx.needs_input_grad[1]:
+            if scale is not None and needs[3]:
+                per_channel = (grad_w.float() * weight.float()).sum(dim=(1, 2, 3))
+                grad_scale = per_channel.to(scale.dtype)
+            if scale is not None and needs[1]:
+                grad_w = grad_w * scale.view(-1, 1, 1, 1)
+            if not needs[1]:
                 grad_w = None
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+        grad_residual = grad_z if needs[4] else None
+        return (grad_x, grad_w, grad_b, grad_scale, grad_residual, *([None] * 7))
 
 
-def _conv2d(x, weight, bias, stride, padding, dilation, groups, apply_relu: bool) -> Tensor:
+def _check_epilogue_args(
+    scale: Tensor | None,
+    residual: Tensor | None,
+    activation: str,
+    negative_slope: float,
+    x: Tensor,
+    out_shape: tuple[int, int, int, int],
+) -> None:
+    """Validate the epilogue's operands against the input ``x`` and the output's shape."""
+    check_activation(activation, negative_slope)
+    if scale is not None:
+        _check_tensor(scale, "scale", (1,), ref=x)
+        if scale.shape[0] != out_shape[1]:
+            raise ValueError(
+                f"scale of shape {tuple(scale.shape)} does not match the {out_shape[1]} "
+                "output channels"
+            )
+    if residual is not None:
+        _check_tensor(residual, "residual", (4,), ref=x)
+        if tuple(residual.shape) != out_shape:
+            raise ValueError(
+                f"residual of shape {tuple(residual.shape)} does not match the output shape "
+                f"{out_shape}"
+            )
+
+
+def _conv2d(
+    x,
+    weight,
+    bias,
+    stride,
+    padding,
+    dilation,
+    groups,
+    activation: str = "identity",
+    negative_slope: float = 0.01,
+    scale: Tensor | None = None,
+    residual: Tensor | None = None,
+) -> Tensor:
     unbatched = isinstance(x, Tensor) and x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
+        residual = residual.unsqueeze(0) if isinstance(residual, Tensor) else residual
     if isinstance(x, Tensor) and isinstance(weight, Tensor) and x.is_floating_point():
         autocast_dtype = _autocast_dtype(x.device)
         if autocast_dtype is not None:  # cast first, as torch's conv does: dtypes may differ
-            x, weight = x.to(autocast_dtype), weight.to(autocast_dtype)
-            bias = bias.to(autocast_dtype) if isinstance(bias, Tensor) else bias
+            x, weight, bias, scale, residual = (
+                t.to(autocast_dtype) if isinstance(t, Tensor) else t
+                for t in (x, weight, bias, scale, residual)
+            )
     stride_hw, before, after, dilation_hw, out_hw = _check_conv_args(
         x, weight, bias, stride, padding, dilation, groups
     )
+    out_shape = (x.shape[0], weight.shape[0], *out_hw)
+    _check_epilogue_args(scale, residual, activation, negative_slope, x, out_shape)
     if resolve_backend(x.device) == "torch":
-        if before != after:  # asymmetric "same" padding: let torch resolve it
-            y = F.conv2d(x, weight, bias, stride_hw, padding, dilation_hw, groups)
-        else:
-            y = F.conv2d(x, weight, bias, stride_hw, before, dilation_hw, groups)
-        y = F.relu(y) if apply_relu else y
+        # asymmetric "same" padding: let torch resolve it
+        torch_padding = padding if before != after else before
+        conv_bias = bias if scale is None else None  # torch's conv adds a bias itself
+        z = F.conv2d(x, weight, conv_bias, stride_hw, torch_padding, dilation_hw, groups)
+        if scale is not None:
+            z = z * scale.view(1, -1, 1, 1)
+            z = z if bias is None else z + bias.view(1, -1, 1, 1)
+        if residual is not None:
+            z = z + residual
+        y = reference_activation(z, activation, negative_slope)
     else:
         with torch.autocast(x.device.type, enabled=False):
             y = _triton_apply(
-                Conv2dBiasReLUFunction,
+                Conv2dEpilogueFunction,
                 x,
                 weight,
                 bias,
+                scale,
+                residual,
                 stride_hw,
                 before,
                 dilation_hw,
                 groups,
                 out_hw,
-                apply_relu,
+                activation,
+                float(negative_slope),
             )
     return y.squeeze(0) if unbatched else y
+
+
+def fused_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    *,
+    activation: str = "identity",
+    negative_slope: float = 0.01,
+    scale: Tensor | None = None,
+    residual: Tensor | None = None,
+) -> Tensor:
+    """``act(conv2d(input, weight) * scale + bias + residual)`` in one kernel.
+
+    The convolution's arguments are :func:`torch.nn.functional.conv2d`'s: ``input``
+    (N, C, H, W) or (C, H, W), ``weight`` (K, C/groups, R, S), ``bias`` (K,). ``scale``
+    (K,) multiplies each output channel before the bias (a BatchNorm folded into the
+    epilogue), ``residual`` (N, K, P, Q) is added before the activation (a ResNet block's
+    skip connection), and ``activation`` is one of
+    :data:`fastconv.activations.ACTIVATIONS` (``negative_slope`` is leaky_relu's). Returns
+    (N, K, P, Q) in the input's memory format; every operand gets a gradient.
+    """
+    return _conv2d(
+        input, weight, bias, stride, padding, dilation, groups,
+        activation, negative_slope, scale, residual,
+    )  # fmt: skip
 
 
 def conv2d_bias_relu(
@@ -268,7 +391,7 @@ def conv2d_bias_relu(
     memory format (NCHW or channels_last). ``groups`` splits the channels into independent
     convolutions, as in torch (weight (K, C/groups, R, S)).
     """
-    return _conv2d(input, weight, bias, stride, padding, dilation, groups, apply_relu=True)
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, "relu")
 
 
 def conv2d(
@@ -280,8 +403,8 @@ def conv2d(
     dilation: IntOrPair = 1,
     groups: int = 1,
 ) -> Tensor:
-    """:func:`torch.nn.functional.conv2d` with the bias fused, no ReLU."""
-    return _conv2d(input, weight, bias, stride, padding, dilation, groups, apply_relu=False)
+    """:func:`torch.nn.functional.conv2d` with the bias fused, no activation."""
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from fastconv import functional as fcf
+from fastconv.activations import check_activation
 
 __all__ = [
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "Conv2d",
+    "Conv2dAct",
     "Conv2dReLU",
     "ConversionReport",
     "MaxPool2d",
@@ -87,8 +89,9 @@ class Conv2d(nn.Conv2d):
         )
 
     @classmethod
-    def from_torch(cls, conv: nn.Conv2d) -> Conv2d:
-        """A layer of this class that shares ``conv``'s parameters and training mode."""
+    def from_torch(cls, conv: nn.Conv2d, **kwargs) -> Conv2d:
+        """A layer of this class that shares ``conv``'s parameters and training mode;
+        ``kwargs`` are this class's own constructor arguments (``activation=``)."""
         layer = cls(
             conv.in_channels,
             conv.out_channels,
@@ -100,6 +103,7 @@ class Conv2d(nn.Conv2d):
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
             device="meta",  # no memory: the parameters are conv's
+            **kwargs,
         )
         layer.weight = conv.weight
         layer.bias = conv.bias
@@ -109,6 +113,53 @@ class Conv2d(nn.Conv2d):
         return fcf.conv2d(
             input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
+
+
+class Conv2dAct(Conv2d):
+    """``act(conv2d(x) + bias [+ residual])`` in one kernel: ``nn.Conv2d``'s constructor and
+    parameters plus ``activation`` (one of :data:`fastconv.activations.ACTIVATIONS`) and
+    ``negative_slope`` (leaky_relu's).
+
+    Input (N, C, H, W) or (C, H, W); output (N, K, P, Q). ``forward(input, residual)`` adds
+    ``residual`` (N, K, P, Q) before the activation (a ResNet block's skip connection). A
+    checkpoint of ``nn.Conv2d`` loads into it unchanged (the activation has no parameters).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair | str = 0,
+        dilation: IntOrPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        activation: str = "relu",
+        negative_slope: float = 0.01,
+    ) -> None:
+        check_activation(activation, negative_slope)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, device, dtype,
+        )  # fmt: skip
+        self.activation = activation
+        self.negative_slope = float(negative_slope)
+
+    def extra_repr(self) -> str:
+        text = f"{super().extra_repr()}, activation={self.activation}"
+        if self.activation == "leaky_relu":
+            text += f", negative_slope={self.negative_slope}"
+        return text
+
+    def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
+        return fcf.fused_conv2d(
+            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+            activation=self.activation, negative_slope=self.negative_slope, residual=residual,
+        )  # fmt: skip
 
 
 class Conv2dReLU(Conv2d):

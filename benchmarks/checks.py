@@ -46,6 +46,21 @@ shrink of up to 2**-10, about 1e-3 of the result in L2 and 2e-3 in max-norm: bou
 2.5e-3. IEEE float32 (u = 6e-8) is left at 1e-4, the room cuDNN's FFT and Winograd
 algorithms need.
 
+Fused epilogues (:func:`check_fused_conv`): ``act(conv2d(x, w) * scale + bias + residual)``.
+fastconv still rounds once; eager and torch.compile may round after every op: the conv, the
+scale, the bias, the residual add and the activation (all but identity, relu and relu6,
+which return a rounded input unchanged). Against the two roundings above, an epilogue whose
+eager code rounds ``r`` times gets fp16/bf16 bounds ``r/2`` times the max-norm bound and
+``sqrt(r/2)`` times the L2 bound (random rounding errors add in quadrature); float32's
+rounding is far below its bounds, which stay as they are. For ``bn+residual+relu`` (r = 4)
+in bf16 that is 3.2e-2 and 8.5e-3, which still rejects a dropped split-K partial sum.
+Where an activation's derivative jumps (relu at 0, relu6 at 0 and 6, leaky_relu at 0,
+hardswish at -3 and 3), a pre-activation within rounding of the jump may fall on either
+side in low precision, and its gradient by a whole step. The checked output gradient is
+therefore zero wherever the float64 pre-activation is within the output's max-norm bound
+(times its max) of a jump: up to about 15 % of the elements in bf16 (``bn+residual+relu``),
+1-2 % in fp16 and TF32; the output itself is checked everywhere.
+
 What the bounds reject (tests/test_checks.py checks each):
 
 * A dropped split-K partial sum: wgrad sums S partial sums over disjoint slices of the N*P*Q
@@ -61,6 +76,7 @@ What the bounds reject (tests/test_checks.py checks each):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -69,7 +85,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.environment import DTYPE_NAMES
-from benchmarks.shapes import ConvShape, PoolShape
+from benchmarks.providers import torch_preactivation
+from benchmarks.shapes import ConvShape, Epilogue, FusedConvCase, PoolShape
+from fastconv.activations import reference_activation
 
 
 class Tolerance(NamedTuple):
@@ -149,6 +167,65 @@ def check_conv(
         ("grad_input", "grad_weight", "grad_bias"), grads, reference_grads, strict=True
     ):
         assert_close_to_reference(name, grad, reference, tol)
+
+
+# where each activation's derivative jumps (the others' are continuous)
+DERIVATIVE_JUMPS = {
+    "relu": (0.0,),
+    "relu6": (0.0, 6.0),
+    "leaky_relu": (0.0,),
+    "hardswish": (-3.0, 3.0),
+}
+# activations that eager torch applies without rounding (they return their input or a constant)
+EXACT_ACTIVATIONS = frozenset({"identity", "relu", "relu6"})
+
+
+def epilogue_tolerance(dtype: torch.dtype, epilogue: Epilogue) -> Tolerance:
+    """The conv bounds widened for the roundings of the epilogue's eager ops (module doc)."""
+    conv_tol = tolerance(dtype, tf32_applies=True)
+    if dtype == torch.float32:
+        return conv_tol
+    roundings = (
+        2  # the conv's output, then the bias add
+        + epilogue.scale
+        + epilogue.residual
+        + (epilogue.activation not in EXACT_ACTIVATIONS)
+    )
+    widening = roundings / 2
+    return Tolerance(conv_tol.max_norm * widening, conv_tol.l2 * math.sqrt(widening))
+
+
+def check_fused_conv(
+    op: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    grad_output: Tensor,
+    case: FusedConvCase,
+    with_backward: bool,
+) -> None:
+    """``op(x, w, b, *epilogue operands)`` and, if ``with_backward``, all its gradients
+    against float64; the output gradient is zeroed next to the activation's derivative jumps."""
+    epilogue = case.epilogue
+    tol = epilogue_tolerance(inputs[0].dtype, epilogue)
+    reference_inputs = tuple(_float64_leaf(t) for t in inputs)
+    x, w, b, *operands = reference_inputs
+    preactivation = torch_preactivation(x, w, b, case.shape, **epilogue.operand_kwargs(operands))
+    reference = reference_activation(preactivation, epilogue.activation)
+    with torch.set_grad_enabled(with_backward):
+        output = op(*inputs)
+    assert_close_to_reference("output", output, reference, tol)
+    if not with_backward:
+        return
+    with torch.no_grad():
+        margin = tol.max_norm * preactivation.abs().max()
+        near_jump = torch.zeros_like(preactivation, dtype=torch.bool)
+        for jump in DERIVATIVE_JUMPS.get(epilogue.activation, ()):
+            near_jump |= (preactivation - jump).abs() <= margin
+    checked_grad_output = grad_output.masked_fill(near_jump, 0)
+    grads = torch.autograd.grad(output, inputs, checked_grad_output)
+    reference_grads = torch.autograd.grad(reference, reference_inputs, checked_grad_output.double())
+    names = ("input", "weight", "bias", *epilogue.operand_names)
+    for name, grad, reference_grad in zip(names, grads, reference_grads, strict=True):
+        assert_close_to_reference(f"grad_{name}", grad, reference_grad, tol)
 
 
 def tie_free_pool_input(shape: PoolShape, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -3,7 +3,12 @@
 * ``fastconv``: fastconv's functional API with the Triton backend forced (no silent torch
   fallback: a forced backend that cannot run raises).
 * ``eager``: what users write today, ``F.relu(F.conv2d(x, w, b))`` (cuDNN) or
-  ``F.max_pool2d(x)`` etc.
+  ``F.max_pool2d(x)`` etc. A fused epilogue's eager code runs each step as its own op:
+  ``act(F.conv2d(x, w, None) * scale.view(1, -1, 1, 1) + b.view(1, -1, 1, 1) + residual)``,
+  or ``act(F.conv2d(x, w, b))`` without a scale. The BatchNorm is written as that scale and
+  bias rather than ``F.batch_norm`` in eval mode so that eager, compile and fastconv share
+  the operands (scale, bias) and their gradients; in eager this costs a multiply and an add
+  where eval ``F.batch_norm`` is one pass.
 * ``compile``: ``torch.compile`` of that same eager code (default mode), and with
   ``--max-autotune`` also ``compile-max-autotune`` (``mode="max-autotune"``).
 
@@ -21,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks.shapes import ConvShape, PoolShape
+from benchmarks.shapes import ConvShape, FusedConvCase, PoolShape
 from fastconv import functional as FC
+from fastconv.activations import reference_activation
 from fastconv.backend import use_backend
 
 EAGER = "eager"
@@ -60,6 +66,52 @@ def conv_op(provider: str, shape: ConvShape) -> Callable[[Tensor, Tensor, Tensor
         return F.relu(F.conv2d(x, w, b, stride, padding, dilation, groups))
 
     return conv_bias_relu if provider == EAGER else _compiled(conv_bias_relu, provider)
+
+
+def torch_preactivation(
+    x: Tensor,
+    w: Tensor,
+    b: Tensor,
+    shape: ConvShape,
+    scale: Tensor | None = None,
+    residual: Tensor | None = None,
+) -> Tensor:
+    """``conv2d(x, w) [* scale] + b [+ residual]`` as separate torch ops (the bias goes into
+    ``F.conv2d`` when there is no scale)."""
+    conv_args = (shape.stride, shape.padding, shape.dilation, shape.groups)
+    if scale is None:
+        z = F.conv2d(x, w, b, *conv_args)
+    else:
+        z = F.conv2d(x, w, None, *conv_args) * scale.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+    return z if residual is None else z + residual
+
+
+def fused_conv_op(provider: str, case: FusedConvCase) -> Callable[..., Tensor]:
+    """``op(x, w, b, *epilogue operands) -> act(conv2d(x, w) * scale + b + residual)`` as
+    ``provider`` computes it (operands as ``case.epilogue.operand_names``)."""
+    shape, epilogue = case.shape, case.epilogue
+    if provider == "fastconv":
+
+        def fastconv_fused_conv(x: Tensor, w: Tensor, b: Tensor, *operands: Tensor) -> Tensor:
+            return FC.fused_conv2d(
+                x,
+                w,
+                b,
+                shape.stride,
+                shape.padding,
+                shape.dilation,
+                shape.groups,
+                activation=epilogue.activation,
+                **epilogue.operand_kwargs(operands),
+            )
+
+        return fastconv_fused_conv
+
+    def conv_epilogue(x: Tensor, w: Tensor, b: Tensor, *operands: Tensor) -> Tensor:
+        z = torch_preactivation(x, w, b, shape, **epilogue.operand_kwargs(operands))
+        return reference_activation(z, epilogue.activation)
+
+    return conv_epilogue if provider == EAGER else _compiled(conv_epilogue, provider)
 
 
 def pool_op(provider: str, shape: PoolShape) -> Callable[[Tensor], Tensor]:

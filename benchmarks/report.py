@@ -5,12 +5,12 @@
                                                       # as <device-slug>-<YYYY-MM-DD>.json/.md/.png
     python -m benchmarks.report A.json B.json --save  # a suite run in parts, on one device
 
-One table per kind of case (convolution, pooling, model training step, data pipeline) and
-precision, one row per shape and mode, one column group per provider: time, throughput
-(TFLOP/s, GB/s or images/s) and the speed-up over eager PyTorch (cuDNN for convolutions)
-that each case recorded against eager timed in the same session. Convolutions also show
-the percentage of the device's dense tensor-core peak for their math (n/a when the device
-is not in :data:`PEAK_TFLOPS`).
+One table per kind of case (convolution, fused convolution epilogue, pooling, model training
+step, data pipeline) and precision, one row per shape (and epilogue) and mode, one column
+group per provider: time, throughput (TFLOP/s, GB/s or images/s) and the speed-up over eager
+PyTorch (cuDNN for convolutions) that each case recorded against eager timed in the same
+session. Convolutions also show the percentage of the device's dense tensor-core peak for
+their math (n/a when the device is not in :data:`PEAK_TFLOPS`).
 """
 
 from __future__ import annotations
@@ -51,9 +51,18 @@ PROVIDER_COLORS = {p: f"C{i}" for i, p in enumerate(PROVIDER_LABELS)}
 KINDS = {
     # kind: (section title, throughput key in extra_info, its unit, eager's label)
     "conv": ("Fused conv2d + bias + ReLU", "tflops", "TFLOP/s", "cuDNN eager"),
+    "epilogue": ("Fused conv2d epilogues", "tflops", "TFLOP/s", "cuDNN eager"),
     "pool": ("Pooling", "gbps", "GB/s", "torch eager"),
     "model": ("Model training step", "images_per_s", "images/s", "torch.nn eager"),
     "data": ("Data pipeline", "images_per_s", "images/s", "eager"),
+}
+CONV_KINDS = ("conv", "epilogue")  # kinds whose throughput is compared with the tensor-core peak
+KIND_NOTES = {
+    "epilogue": "Epilogues: `bias+ACT` is ACT(conv2d(x, w) + bias), `bn+ACT` is "
+    "ACT(conv2d(x, w) * scale + bias) (an eval BatchNorm as a per-channel scale and bias), "
+    "`bn+residual+ACT` adds a residual before ACT. fastconv runs each in one kernel "
+    "(`fused_conv2d`); eager runs the convolution (cuDNN), then every step as its own op; "
+    "torch.compile compiles that eager code. TFLOP/s count the convolution only.",
 }
 MODE_ORDER = {"fwd": 0, "bwd": 1, "fwd+bwd": 2}
 
@@ -139,12 +148,17 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
+def _row_label(case: dict) -> str:
+    """The case's shape name, followed by its epilogue for fused-epilogue cases."""
+    return " ".join(filter(None, (case["case"], case.get("epilogue"))))
+
+
 def sections(run: Run) -> dict[tuple[str, str], dict[tuple[str, str], dict[str, dict]]]:
-    """{(kind, precision): {(case, mode): {provider: extra_info}}}, in a stable order."""
+    """{(kind, precision): {(row label, mode): {provider: extra_info}}}, in a stable order."""
     grouped: dict = defaultdict(lambda: defaultdict(dict))
     for case in run.cases:
         key = (case["kind"], _precision(case))
-        grouped[key][(case["case"], case["mode"])][case["provider"]] = case
+        grouped[key][(_row_label(case), case["mode"])][case["provider"]] = case
     kind_order = list(KINDS)
     ordered = {}
     for key in sorted(grouped, key=lambda k: (kind_order.index(k[0]), k[1])):
@@ -196,19 +210,22 @@ def markdown(run: Run) -> str:
     for (kind, precision), rows in sections(run).items():
         title, metric, unit, eager_label = KINDS[kind]
         providers = _providers(rows)
-        peak = peak_tflops(run.device, precision) if kind == "conv" else None
+        peak = peak_tflops(run.device, precision) if kind in CONV_KINDS else None
         heading = f"{title}, {precision}" if precision else title
-        if kind == "conv":
+        if kind in CONV_KINDS:
             heading += f" (peak {_fmt(peak)} TFLOP/s)" if peak else " (device peak n/a)"
         header = ["case", "mode"]
         for p in providers:
             label = eager_label if p == "eager" else PROVIDER_LABELS.get(p, p)
             header += [f"{label} ms", f"{label} {unit}"]
-            if kind == "conv" and p in ("fastconv", "eager"):
+            if kind in CONV_KINDS and p in ("fastconv", "eager"):
                 header.append(f"{label} % peak")
         compared = [p for p in providers if p != "eager"] if "eager" in providers else []
         header += [f"{PROVIDER_LABELS.get(p, p)} x {eager_label}" for p in compared]
-        lines += ["", f"## {heading}", "", "| " + " | ".join(header) + " |"]
+        lines += ["", f"## {heading}", ""]
+        if kind in KIND_NOTES:
+            lines += [KIND_NOTES[kind], ""]
+        lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for (case, mode), by_provider in rows.items():
             cells = [case, mode]
@@ -216,14 +233,14 @@ def markdown(run: Run) -> str:
                 entry = by_provider.get(p, {})
                 throughput = entry.get(metric)
                 cells += [_fmt(_time_ms(entry)), _fmt(throughput)]
-                if kind == "conv" and p in ("fastconv", "eager"):
+                if kind in CONV_KINDS and p in ("fastconv", "eager"):
                     share = None if peak is None or throughput is None else 100 * throughput / peak
                     cells.append(f"{share:.0f}%" if share is not None else "n/a")
             for p in compared:
                 speedup = by_provider.get(p, {}).get("speedup_vs_eager")
                 cells.append(f"{speedup:.2f}x" if speedup is not None else "n/a")
             lines.append("| " + " | ".join(cells) + " |")
-        shapes = {c: e.get("shape") for (c, _), by_p in rows.items() for e in by_p.values()}
+        shapes = {e["case"]: e.get("shape") for by_p in rows.values() for e in by_p.values()}
         described = [f"`{c}`: {s}" for c, s in shapes.items() if s]
         if described:
             lines += ["", "Shapes: " + "; ".join(described) + "."]

@@ -2,7 +2,8 @@
 
 Two sources: the project's own dogs-vs-cats CNN (every conv and pooling layer, read with
 forward hooks at 64 and 128 px and the training batch size of ``fastconv.train``) and a few
-standard shapes from VGG and ResNet.
+standard shapes from VGG and ResNet. The fused-epilogue cases (:data:`FUSED_CONV_CASES`)
+pair standard shapes with the epilogues the networks apply after them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from fastconv.activations import ACTIVATIONS
 from fastconv.backend import use_backend
 from fastconv.models import build_model
 from fastconv.train import build_parser
@@ -152,6 +154,109 @@ STANDARD_CONV_SHAPES = (
         groups=192,
     ),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Epilogue:
+    """What ``fused_conv2d`` applies to the convolution z: ``act(z [* scale] + bias [+ residual])``.
+
+    ``scale`` is a folded eval-mode BatchNorm's per-channel factor, ``residual`` a ResNet
+    block's skip connection (N, K, P, Q).
+    """
+
+    activation: str
+    scale: bool = False
+    residual: bool = False
+
+    @property
+    def operand_names(self) -> tuple[str, ...]:
+        """The epilogue's tensor operands after (x, w, b), in the order the ops take them."""
+        present = {"scale": self.scale, "residual": self.residual}
+        return tuple(name for name, used in present.items() if used)
+
+    def operand_kwargs(self, operands: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """``operands`` (in :attr:`operand_names` order) as ``fused_conv2d`` keyword arguments."""
+        return dict(zip(self.operand_names, operands, strict=True))
+
+    @property
+    def name(self) -> str:
+        """``bias+relu``, ``bn+silu``, ``bn+residual+relu``: ``bn`` stands for scale + bias."""
+        parts = ["bn" if self.scale else "bias"]
+        if self.residual:
+            parts.append("residual")
+        return "+".join([*parts, self.activation])
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedConvCase:
+    """A convolution shape and the epilogue fused into it."""
+
+    shape: ConvShape
+    epilogue: Epilogue
+
+    @property
+    def name(self) -> str:
+        return f"{self.shape.name}-{self.epilogue.name}"
+
+    def random_inputs(
+        self,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Random leaf ((x, w, b, *epilogue operands), grad_y), as :meth:`ConvShape.random_inputs`.
+
+        scale is uniform in [0.5, 1.5) (a BatchNorm's gamma / sqrt(var + eps)), the residual
+        has unit variance like the convolution's output.
+        """
+        conv_inputs, grad_y = self.shape.random_inputs(dtype, device, memory_format)
+        operands = []  # in operand_names order
+        if self.epilogue.scale:
+            operands.append(0.5 + torch.rand(self.shape.k, device=device, dtype=dtype))
+        if self.epilogue.residual:
+            operands.append(torch.randn_like(grad_y))
+        return (*conv_inputs, *(t.requires_grad_() for t in operands)), grad_y
+
+
+def _standard_conv_shape(name: str) -> ConvShape:
+    (shape,) = (shape for shape in STANDARD_CONV_SHAPES if shape.name == name)
+    return shape
+
+
+_RESNET_3X3_64 = _standard_conv_shape("resnet-3x3-64@56")
+_RESNET_3X3_128 = _standard_conv_shape("resnet-3x3-128@28")
+# ResNet-50's bottleneck: the last 1x1 expands 64 -> 256 and takes the block's residual; the
+# first block of a stage projects its input with a strided 1x1 (BatchNorm, no activation)
+_RESNET_1X1_EXPAND = ConvShape("resnet-1x1-64to256@56", STANDARD_BATCH, 64, 56, 56, 256, 1, 1)
+_RESNET_1X1_PROJECT = ConvShape(
+    "resnet-1x1s2-256to512@56", STANDARD_BATCH, 256, 56, 56, 512, 1, 1, stride=(2, 2)
+)
+_MOBILENET_DEPTHWISE = tuple(
+    shape for shape in STANDARD_CONV_SHAPES if shape.name.startswith("mobilenet-dw")
+)
+
+FUSED_CONV_CASES = (
+    # every activation after conv + bias (an eval BatchNorm folded into the weights)
+    *(FusedConvCase(_RESNET_3X3_64, Epilogue(activation)) for activation in ACTIVATIONS),
+    # MobileNetV2's (ReLU6) and EfficientNet's (SiLU) depthwise layers
+    *(
+        FusedConvCase(shape, Epilogue(activation))
+        for shape in _MOBILENET_DEPTHWISE
+        for activation in ("relu6", "silu")
+    ),
+    # BatchNorm as scale + bias: conv-BN-ReLU, and the projection shortcut's conv-BN
+    *(
+        FusedConvCase(shape, Epilogue("relu", scale=True))
+        for shape in (_RESNET_3X3_64, _RESNET_3X3_128)
+    ),
+    FusedConvCase(_RESNET_1X1_PROJECT, Epilogue("identity", scale=True)),
+    # a ResNet block's last conv: BN, residual add and ReLU
+    *(
+        FusedConvCase(shape, Epilogue("relu", scale=True, residual=True))
+        for shape in (_RESNET_3X3_64, _RESNET_3X3_128, _RESNET_1X1_EXPAND)
+    ),
+)
+
 
 STANDARD_POOL_SHAPES = (
     _pool(

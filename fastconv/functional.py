@@ -220,7 +220,7 @@ class Conv2dEpilogueFunction(torch.autograd.Function):
             ctx.has_bias = bias is not None
             ctx.conv_args = (stride, padding, dilation)
             ctx.groups = groups
-            ctx.activation = (activation, negative_slope, saved_kind)
+            ctx.activation = (activation, negative_slope)
         return y
 
     @staticmethod
@@ -231,11 +231,11 @@ class Conv2dEpilogueFunction(torch.autograd.Function):
 
         x, weight, scale, saved = ctx.saved_tensors
         stride, padding, dilation = ctx.conv_args
-        activation, negative_slope, saved_kind = ctx.activation
+        activation, negative_slope = ctx.activation
         needs = ctx.needs_input_grad
         grad_z = grad_y
         if saved is not None:
-            grad_z = activation_bwd(grad_y, saved, activation, negative_slope, saved_kind)
+            grad_z = activation_bwd(grad_y, saved, activation, negative_slope)
         grad_x = grad_w = grad_b = grad_scale = None
         if needs[0]:
             scaled_weight = weight if scale is None else weight * scale.view(-1, 1, 1, 1)

@@ -1,10 +1,11 @@
-"""Fused conv2d + bias + ReLU as Triton implicit-GEMM kernels: forward and input gradient.
+"""Fused conv2d + epilogue as Triton implicit-GEMM kernels: forward and input gradient.
 
 One kernel, :func:`_implicit_gemm_kernel`, computes both on channels-last (NHWC) operands,
 accumulating in fp32 and casting on store:
 
-* forward: ``y = relu?(conv2d(x, w) + b)``; M = N*P*Q output pixels, N = K output
-  channels, reduction = (r, s) taps x C channels in BLOCK_K chunks.
+* forward: ``y = act(conv2d(x, w) * scale + b + residual)`` (the epilogue is
+  :mod:`fastconv.kernels.epilogue`); M = N*P*Q output pixels, N = K output channels,
+  reduction = (r, s) taps x C channels in BLOCK_K chunks.
 * dgrad: ``grad_x``; M = the input pixels of one stride phase (h mod stride_h, w mod
   stride_w), N = C input channels, reduction = the taps that hit that phase x K channels.
   Every step is a whole tile: no tap is tested or skipped inside the loop at stride > 1.
@@ -16,9 +17,8 @@ asynchronous copies (cp.async / LDGSTS) into a 3-4 stage shared-memory ring feed
 results written through one: an NCHW loader/storer in the kernel gathers 2-byte elements
 and kept the loop synchronous (see docs/decisions.md for the figures).
 
-When the ReLU was fused, :func:`relu_grad` masks ``grad_y`` once (where the saved output
-``y <= 0``) for both backward kernels. NaN follows torch: ``relu(NaN) = NaN`` and the
-gradient passes where ``y`` is NaN (threshold_backward).
+The backward kernels take the gradient of the pre-activation, computed once by
+:func:`fastconv.kernels.epilogue.activation_bwd`.
 
 fp32 inputs use tf32 tensor cores exactly when ``torch.backends.cudnn.allow_tf32`` is on
 (as cuDNN does) and IEEE fp32 otherwise. Batch offsets are always int64; when a pixel count
@@ -45,6 +45,7 @@ from fastconv.kernels.conv2d_depthwise import (
 from fastconv.kernels.conv2d_stem import conv2d_stem_fwd, uses_stem_path
 from fastconv.kernels.conv2d_tma import conv2d_bwd_input_tma, conv2d_fwd_tma, tma_applies
 from fastconv.kernels.conv2d_wgrad import wgrad_configs, wgrad_partition, wgrad_split
+from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue
 from fastconv.kernels.launch import (
     INTERPRETER_CONFIGS,
     checked_grid,
@@ -63,7 +64,6 @@ __all__ = [
     "conv2d_fwd",
     "conv_configs",
     "needs_int64",
-    "relu_grad",
     "wgrad_configs",
     "wgrad_partition",
     "wgrad_split",
@@ -124,6 +124,10 @@ def _implicit_gemm_kernel(
     bias_ptr,
     out_ptr,
     taps_ptr,
+    scale_ptr,
+    residual_ptr,
+    preact_ptr,
+    negative_slope,
     # shapes
     N,
     ROWS_H,
@@ -157,14 +161,19 @@ def _implicit_gemm_kernel(
     stride_ow,
     # meta-parameters
     HAS_BIAS: tl.constexpr,
-    APPLY_RELU: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PREACT: tl.constexpr,
+    ACTIVATION: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     INDEX_64: tl.constexpr = False,
 ):
-    """out (N, G*COUT, OUT_H, OUT_W) = relu?(sum over taps of a[tap-shifted rows] @ b[tap] + bias).
+    """out (N, G*COUT, OUT_H, OUT_W) = act(sum over taps of a[tap-shifted rows] @ b[tap]
+    * scale + bias + residual), the epilogue of :func:`fastconv.kernels.epilogue.fused_epilogue`
+    (dgrad: none).
 
     One implicit GEMM for the forward and the input gradient, on NHWC operands:
     a (N, A_H, A_W, G*CIN) channels-contiguous, b (G*COUT, R, S, CIN) channels-contiguous,
@@ -221,7 +230,7 @@ def _implicit_gemm_kernel(
     b_cols = b_ptr + out_channels * stride_bo + r0 * stride_br + s0 * stride_bs
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if HAS_BIAS:  # the accumulator starts at the bias: no bias registers in the epilogue
+    if HAS_BIAS and not HAS_SCALE:  # the accumulator starts at the bias
         bias = tl.load(bias_ptr + out_channels, mask=mask_n, other=0.0)
         acc += bias.to(tl.float32)[None, :]
     c_chunks = tl.cdiv(CIN, BLOCK_K)
@@ -254,14 +263,18 @@ def _implicit_gemm_kernel(
         u = tl.where(next_row, 0, u)
         t += next_row.to(tl.int32)
 
-    if APPLY_RELU:  # torch's relu keeps NaN; tl.maximum compiles to a NaN-dropping max.f32
-        acc = tl.where(acc < 0.0, 0.0, acc)
     out_h = out_h0 + i * out_step_h
     out_w = out_w0 + j * out_step_w
     mask_out = mask_m & (out_h < OUT_H) & (out_w < OUT_W)
-    out_rows = out_ptr + n * stride_on + out_h * stride_oh + out_w * stride_ow
-    out_ptrs = out_rows[:, None] + out_channels[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_out[:, None] & mask_n[None, :])
+    out_rows = n * stride_on + out_h * stride_oh + out_w * stride_ow
+    out_offs = out_rows[:, None] + out_channels[None, :]
+    mask = mask_out[:, None] & mask_n[None, :]
+    acc = fused_epilogue(
+        acc, out_channels[None, :], mask_n[None, :], out_offs, mask,
+        scale_ptr, bias_ptr, residual_ptr, preact_ptr, negative_slope,
+        HAS_SCALE, HAS_BIAS and HAS_SCALE, HAS_RESIDUAL, SAVE_PREACT, ACTIVATION,
+    )  # fmt: skip
+    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # One autotuner per dot kind, keyed on the problem geometry (the autotuner adds the dtypes);
@@ -278,9 +291,10 @@ _TUNED = {
 # --------------------------------------------------------------------------- launchers
 
 
-def _launch_implicit_gemm(a, b, bias, out, taps, rows, steps, groups, relu, config, what):
+def _launch_implicit_gemm(a, b, bias, out, taps, rows, steps, groups, epilogue, config, what):
     """Launch the implicit GEMM: ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (row, tap,
-    weight, out) steps, each an (h, w) pair; the rest as in the kernel's docstring."""
+    weight, out) steps, each an (h, w) pair; the rest as in the kernel's docstring. Returns
+    the pre-activation buffer when ``epilogue.save_preact``, else None."""
     n, rows_h, rows_w = rows
     row_step, tap_step, weight_step, out_step = steps
     phases = taps.shape[0]
@@ -293,18 +307,21 @@ def _launch_implicit_gemm(a, b, bias, out, taps, rows, steps, groups, relu, conf
 
     precision = input_precision(a.dtype)
     tuned = _TUNED[dot_kind(a.dtype)]
+    scale, residual, preact = epilogue.operands(out)
     args = (
         a, b, bias if bias is not None else b, out, taps,
+        scale, residual, out if preact is None else preact, epilogue.negative_slope,
         n, rows_h, rows_w, a.shape[2], a.shape[3], a.shape[1] // groups, cout,
         out.shape[2], out.shape[3], phases, groups,
         *row_step, *tap_step, *weight_step, *out_step,
         *nhwc_strides(a), *nhwc_strides(b), *nhwc_strides(out),
     )  # fmt: skip
     meta = dict(
-        HAS_BIAS=bias is not None, APPLY_RELU=relu, INPUT_PRECISION=precision,
+        HAS_BIAS=bias is not None, **epilogue.meta(), INPUT_PRECISION=precision,
         INDEX_64=needs_int64(n * rows_h * rows_w, a, b, out),
     )  # fmt: skip
     launch(tuned, _implicit_gemm_kernel, config, grid, args, meta)
+    return preact
 
 
 def conv2d_fwd(
@@ -315,42 +332,45 @@ def conv2d_fwd(
     padding: Pair,
     dilation: Pair,
     output_size: Pair,
-    apply_relu: bool,
+    epilogue: Epilogue = IDENTITY,
     groups: int = 1,
     config: triton.Config | None = None,
-) -> Tensor:
-    """``relu?(conv2d(x, weight) + bias)``: x (N, C, H, W), weight (K, C/groups, R, S) ->
-    (N, K, P, Q); ``groups`` as in torch (each group a GEMM of the same kernel).
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``act(conv2d(x, weight) * scale + bias + residual)`` as ``epilogue`` says: x (N, C,
+    H, W), weight (K, C/groups, R, S) -> y (N, K, P, Q); ``groups`` as in torch (each group
+    a GEMM of the same kernel). With ``epilogue.save_preact`` returns (y, z), z the value
+    before the activation (in the kernel's channels-last layout).
 
     ``padding`` is the top/left padding; ``output_size`` (P, Q) implies the bottom/right one.
     The output has x's dtype and memory format (NCHW or channels_last); the kernel reads x
-    and the weight channels-last (copied once when they are not). An input of at most 8
-    channels runs :func:`fastconv.kernels.conv2d_stem.conv2d_stem_fwd`; on sm_90 a stride-1
+    and the weight channels-last (copied once when they are not). A depthwise convolution
+    runs :func:`fastconv.kernels.conv2d_depthwise.depthwise_fwd`, an input of at most 8
+    channels :func:`fastconv.kernels.conv2d_stem.conv2d_stem_fwd`; on sm_90 a stride-1
     convolution whose input rows are 16-byte multiples runs the TMA kernel
     (:mod:`fastconv.kernels.conv2d_tma`). ``config`` runs that autotune config of this
     module's kernel instead of the autotuner's choice.
     """
     n, c, h, w = x.shape
+    geometry = (stride, padding, dilation, output_size)
     if config is None and is_depthwise(c, weight.shape, groups):  # a memory-bound direct kernel
-        return depthwise_fwd(x, weight, bias, stride, padding, dilation, output_size, apply_relu)
+        return depthwise_fwd(x, weight, bias, *geometry, epilogue)
     if groups == 1 and uses_stem_path(c):  # few channels: (r, s, c) folded into one reduction
-        return conv2d_stem_fwd(
-            x, weight, bias, stride, padding, dilation, output_size, apply_relu, config
-        )
+        return conv2d_stem_fwd(x, weight, bias, *geometry, epilogue, config)
     if groups == 1 and config is None and tma_applies(x, weight, stride, padding, dilation, False):
-        return conv2d_fwd_tma(x, weight, bias, stride, padding, dilation, output_size, apply_relu)
+        return conv2d_fwd_tma(x, weight, bias, *geometry, epilogue)
     k, _, r, s = weight.shape
     p, q = output_size
     y, y_nhwc = nhwc_output((n, k, p, q), x)
     if y.numel() == 0:
-        return y
+        return (y, y_nhwc) if epilogue.save_preact else y
     taps = forward_taps((r, s), padding, x)
     steps = (stride, dilation, (1, 1), (1, 1))
-    _launch_implicit_gemm(
-        nhwc(x), nhwc(weight), bias, y_nhwc, taps, (n, p, q), steps, groups, apply_relu,
+    preact = _launch_implicit_gemm(
+        nhwc(x), nhwc(weight), bias, y_nhwc, taps, (n, p, q), steps, groups, epilogue,
         config, "conv2d forward",
     )  # fmt: skip
-    return y if y is y_nhwc else y.copy_(y_nhwc)
+    y = y if y is y_nhwc else y.copy_(y_nhwc)
+    return (y, preact) if epilogue.save_preact else y
 
 
 def conv2d_bwd_input(
@@ -365,7 +385,8 @@ def conv2d_bwd_input(
 ) -> Tensor:
     """grad_x (N, C, H, W) of the conv from grad_y (N, K, P, Q) and weight (K, C/groups, R, S).
 
-    ``grad_y`` has a fused ReLU's mask already applied (:func:`relu_grad`). grad_x takes
+    ``grad_y`` is the gradient of the pre-activation (``fastconv.kernels.epilogue.
+    activation_bwd`` applied it). grad_x takes
     grad_y's memory format; the kernel reads grad_y channels-last (copied once when it is
     not) and the weight as (C, R, S, K). On sm_90, grad_y rows of 16-byte multiples take the
     TMA kernel (:mod:`fastconv.kernels.conv2d_tma`) unless ``config`` is given.
@@ -394,8 +415,8 @@ def conv2d_bwd_input(
     weight_t = weight.view(groups, k_g, c_g, r, s).transpose(1, 2).reshape(c, k_g, r, s)
     weight_t = weight_t.contiguous(memory_format=torch.channels_last)
     _launch_implicit_gemm(
-        nhwc(grad_y), weight_t, None, grad_x_nhwc, taps, (n, *rows_hw), steps, groups, False,
-        config, "conv2d input gradient",
+        nhwc(grad_y), weight_t, None, grad_x_nhwc, taps, (n, *rows_hw), steps, groups,
+        IDENTITY, config, "conv2d input gradient",
     )  # fmt: skip
     return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)
 
@@ -423,12 +444,3 @@ def conv2d_bwd_weight(
     return conv2d_wgrad.conv2d_bwd_weight(
         grad_y, x, weight_shape, stride, padding, dilation, need_bias_grad, groups, split, config
     )
-
-
-def relu_grad(grad_y: Tensor, relu_output: Tensor) -> Tensor:
-    """``grad_y`` where the fused ReLU's output ``relu_output > 0`` (or NaN), else 0.
-
-    torch's threshold_backward: the gradient passes where y is NaN. Computed once per
-    backward for both gradient kernels, in grad_y's memory format.
-    """
-    return torch.where(relu_output <= 0, 0.0, grad_y)

@@ -12,8 +12,8 @@ program as a channel vector from the weight transposed to (R*S, K) (a copy of K*
 elements per call). Output channel k reads input channel k // m (the channel multiplier
 ``MULT``, a constexpr: m = 1 is plain channel arithmetic).
 
-* forward: ``y[n, p, q, k] = relu?(bias[k] + sum_rs x[n, p*sh - ph + r*dh, q*sw - pw + s*dw,
-  k // m] * w[k, r, s])``; torch's ReLU NaN semantics (``where(acc < 0, 0, acc)``).
+* forward: ``y[n, p, q, k] = act(scale[k] * sum_rs x[n, p*sh - ph + r*dh, q*sw - pw + s*dw,
+  k // m] * w[k, r, s] + bias[k] + residual[n, p, q, k])`` (:mod:`fastconv.kernels.epilogue`).
 * dgrad: a gather, like pooling's backward: each input pixel (n, h, w) visits, per tap, the
   one output pixel that tap reaches (``h + ph - r*dh`` divisible by the stride, a constexpr)
   and sums ``grad_y * w`` over the taps and the m output channels of its channel: no
@@ -43,6 +43,7 @@ from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
+from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue
 from fastconv.kernels.launch import checked_grid, launch, needs_int64
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
 
@@ -152,6 +153,10 @@ def _depthwise_fwd_kernel(
     w_ptr,
     bias_ptr,
     y_ptr,
+    scale_ptr,
+    residual_ptr,
+    preact_ptr,
+    negative_slope,
     N,
     H,
     W,
@@ -175,13 +180,18 @@ def _depthwise_fwd_kernel(
     S: tl.constexpr,
     MULT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    APPLY_RELU: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PREACT: tl.constexpr,
+    ACTIVATION: tl.constexpr,
     INDEX_64: tl.constexpr,
     VEC: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """y (N, P, Q, K) = relu?(bias + sum over taps of x[tap pixel, k // MULT] * w[tap, k]).
+    """y (N, P, Q, K) = act(sum over taps of x[tap pixel, k // MULT] * w[tap, k] * scale
+    + bias + residual), the epilogue of :func:`fastconv.kernels.epilogue.fused_epilogue`
+    (residual and pre-activation share y's strides).
 
     x (N, H, W, K/MULT) and y NHWC with unit channel stride; w (R*S, K) contiguous; C_TILED
     = K, the tiled channels. A program computes (BLOCK_P output pixels (n, p, q) flattened x
@@ -212,7 +222,7 @@ def _depthwise_fwd_kernel(
     sxw = _aligned(stride_xw, VEC)
 
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    if HAS_BIAS:
+    if HAS_BIAS and not HAS_SCALE:  # the accumulator starts at the bias
         bias = tl.load(bias_ptr + k, mask=mask_k, other=0.0)
         acc += bias.to(tl.float32)[None, :]
     for r in tl.static_range(R):
@@ -228,19 +238,17 @@ def _depthwise_fwd_kernel(
             wv = tl.load(w_ptr + (r * S + s) * k_count + k, mask=mask_k, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
 
-    if APPLY_RELU:  # torch's relu keeps NaN; tl.maximum compiles to a NaN-dropping max.f32
-        acc = tl.where(acc < 0.0, 0.0, acc)
     y_rows = (
-        y_ptr
-        + n * _aligned(stride_yn, VEC)
-        + p * _aligned(stride_yh, VEC)
-        + q * _aligned(stride_yw, VEC)
+        n * _aligned(stride_yn, VEC) + p * _aligned(stride_yh, VEC) + q * _aligned(stride_yw, VEC)
     )
-    tl.store(
-        y_rows[:, None] + k[None, :],
-        acc.to(y_ptr.dtype.element_ty),
-        mask=mask_p[:, None] & mask_k[None, :],
-    )
+    y_offs = y_rows[:, None] + k[None, :]
+    mask = mask_p[:, None] & mask_k[None, :]
+    acc = fused_epilogue(
+        acc, k[None, :], mask_k[None, :], y_offs, mask,
+        scale_ptr, bias_ptr, residual_ptr, preact_ptr, negative_slope,
+        HAS_SCALE, HAS_BIAS and HAS_SCALE, HAS_RESIDUAL, SAVE_PREACT, ACTIVATION,
+    )  # fmt: skip
+    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # --------------------------------------------------------------------------- dgrad
@@ -492,11 +500,12 @@ def depthwise_fwd(
     padding: Pair,
     dilation: Pair,
     output_size: Pair,
-    apply_relu: bool,
+    epilogue: Epilogue = IDENTITY,
     config: triton.Config | None = None,
-) -> Tensor:
-    """``relu?(conv2d(x, weight, bias, groups=C))``: x (N, C, H, W), weight (K, 1, R, S) with
-    K = m*C (output channel k reads input channel k // m), bias (K,) or None -> (N, K, P, Q).
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``act(conv2d(x, weight, groups=C) * scale + bias + residual)``: x (N, C, H, W), weight
+    (K, 1, R, S) with K = m*C (output channel k reads input channel k // m), bias (K,) or
+    None -> (N, K, P, Q); ``epilogue`` as in ``conv2d.conv2d_fwd`` ((y, z) with save_preact).
 
     ``padding`` is the top/left padding; ``output_size`` (P, Q) implies the bottom/right
     one. y has x's dtype and memory format; the kernel reads x channels-last (a copy when it
@@ -513,7 +522,7 @@ def depthwise_fwd(
     p, q = output_size
     y, y_nhwc = nhwc_output((n, k, p, q), x)
     if y.numel() == 0:
-        return y
+        return (y, y_nhwc) if epilogue.save_preact else y
     x_nhwc = nhwc(x)
     w_taps = _taps_by_channel(weight)
     vec = _vec(k, c, *nhwc_strides(x_nhwc), *nhwc_strides(y_nhwc))
@@ -522,17 +531,20 @@ def depthwise_fwd(
         tiles = triton.cdiv(n * p * q, meta["BLOCK_P"]) * triton.cdiv(k, meta["BLOCK_C"])
         return checked_grid((tiles,), "depthwise conv2d forward")
 
+    scale, residual, preact = epilogue.operands(y_nhwc)
     args = (
         x_nhwc, w_taps, bias.contiguous() if bias is not None else w_taps, y_nhwc,
+        scale, residual, y_nhwc if preact is None else preact, epilogue.negative_slope,
         n, h, w, p, q, k, k, *stride, *padding, *dilation,
         *nhwc_strides(x_nhwc), *nhwc_strides(y_nhwc),
     )  # fmt: skip
     meta = dict(
-        R=r, S=s, MULT=k // c, HAS_BIAS=bias is not None, APPLY_RELU=apply_relu,
+        R=r, S=s, MULT=k // c, HAS_BIAS=bias is not None, **epilogue.meta(),
         INDEX_64=needs_int64(n * p * q, x_nhwc, y_nhwc), VEC=vec,
     )  # fmt: skip
     launch(_TUNED_FWD[_kind(x.dtype)], _depthwise_fwd_kernel, config, grid, args, meta)
-    return y if y is y_nhwc else y.copy_(y_nhwc)
+    y = y if y is y_nhwc else y.copy_(y_nhwc)
+    return (y, preact) if epilogue.save_preact else y
 
 
 def depthwise_bwd_input(

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
+from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue
 from fastconv.kernels.launch import (
     INTERPRETER_CONFIGS,
     checked_grid,
@@ -92,6 +93,10 @@ def _conv2d_stem_fwd_kernel(
     w_ptr,
     b_ptr,
     y_ptr,
+    scale_ptr,
+    residual_ptr,
+    preact_ptr,
+    negative_slope,
     # shapes
     N,
     K,
@@ -114,14 +119,19 @@ def _conv2d_stem_fwd_kernel(
     CP: tl.constexpr,
     RSC_PAD: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    APPLY_RELU: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PREACT: tl.constexpr,
+    ACTIVATION: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     INDEX_64: tl.constexpr = False,
 ):
-    """y (N, K, P, Q) = relu?(conv2d(x, w) + b (K,)), from the padded copies of x and w.
+    """y (N, K, P, Q) = act(conv2d(x, w) * scale + b + residual), from the padded copies
+    of x and w, with :func:`fastconv.kernels.epilogue.fused_epilogue` (residual and
+    pre-activation share y's strides).
 
     x_pad (N, HP, WP, CP) contiguous: x in NHWC, already padded (zero rows/columns for the
     top/left padding, zero channels c >= C), so output pixel (n, p, q) reads
@@ -176,14 +186,15 @@ def _conv2d_stem_fwd_kernel(
         w_tile = tl.load(w_cols[None, :] + j[:, None])
         acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
 
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
-        acc += bias.to(tl.float32)[None, :]
-    if APPLY_RELU:  # torch's relu keeps NaN; tl.maximum compiles to a NaN-dropping max.f32
-        acc = tl.where(acc < 0.0, 0.0, acc)
-    y_offs = n * stride_yn + p * stride_yp + q * stride_yq
-    y_ptrs = y_ptr + y_offs[:, None] + offs_n[None, :] * stride_yk
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    y_rows = n * stride_yn + p * stride_yp + q * stride_yq
+    y_offs = y_rows[:, None] + offs_n[None, :] * stride_yk
+    mask = mask_m[:, None] & mask_n[None, :]
+    acc = fused_epilogue(
+        acc, offs_n[None, :], mask_n[None, :], y_offs, mask,
+        scale_ptr, b_ptr, residual_ptr, preact_ptr, negative_slope,
+        HAS_SCALE, HAS_BIAS, HAS_RESIDUAL, SAVE_PREACT, ACTIVATION,
+    )  # fmt: skip
+    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 _STEM_KEY = ["K", "P", "Q", "R", "S", "CP", "stride_h", "stride_w"]
@@ -232,10 +243,11 @@ def conv2d_stem_fwd(
     padding: Pair,
     dilation: Pair,
     output_size: Pair,
-    apply_relu: bool,
+    epilogue: Epilogue = IDENTITY,
     config: triton.Config | None = None,
-) -> Tensor:
-    """``relu?(conv2d(x, weight) + bias)`` for C <= 8: x (N, C, H, W), weight (K, C, R, S).
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``act(conv2d(x, weight) * scale + bias + residual)`` for C <= 8: x (N, C, H, W),
+    weight (K, C, R, S); ``epilogue`` as in ``conv2d.conv2d_fwd`` ((y, z) with save_preact).
 
     Same contract as ``conv2d.conv2d_fwd``: ``padding`` is the top/left padding,
     ``output_size`` (P, Q) implies the bottom/right one; the output (N, K, P, Q) has x's
@@ -256,7 +268,7 @@ def conv2d_stem_fwd(
         )
     y = alloc.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
     if y.numel() == 0:
-        return y
+        return (y, y) if epilogue.save_preact else y
     cp = stem_channels(c)
     # Rows/columns the taps reach, from the first padding row/column on.
     hp = (p - 1) * stride[0] + (r - 1) * dilation[0] + 1
@@ -271,15 +283,16 @@ def conv2d_stem_fwd(
 
     precision = input_precision(x.dtype)
     tuned = _TUNED[dot_kind(x.dtype)]
+    scale, residual, preact = epilogue.operands(y)
     args = (
-        x_pad, w_pad, b, y,
-        n, k, p, q, hp, wp, *stride, *dilation,
+        x_pad, w_pad, b, y, scale, residual, y if preact is None else preact,
+        epilogue.negative_slope, n, k, p, q, hp, wp, *stride, *dilation,
         *y.stride(),
     )  # fmt: skip
     meta = dict(
         R=r, S=s, CP=cp, RSC_PAD=w_pad.shape[1], HAS_BIAS=bias is not None,
-        APPLY_RELU=apply_relu, INPUT_PRECISION=precision,
+        **epilogue.meta(), INPUT_PRECISION=precision,
         INDEX_64=needs_int64(n * p * q, x_pad, w_pad, y),
     )  # fmt: skip
     launch(tuned, _conv2d_stem_fwd_kernel, config, grid, args, meta)
-    return y
+    return (y, preact) if epilogue.save_preact else y

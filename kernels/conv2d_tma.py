@@ -42,6 +42,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
+from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue
 from fastconv.kernels.launch import checked_grid, dot_kind, input_precision, needs_int64
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
 from fastconv.kernels.taps import dgrad_taps, forward_taps, load_phase_taps
@@ -138,6 +139,10 @@ def _tma_implicit_gemm_kernel(
     bias_ptr,
     out_ptr,
     taps_ptr,
+    scale_ptr,
+    residual_ptr,
+    preact_ptr,
+    negative_slope,
     # shapes
     ROWS_H,
     ROWS_W,
@@ -161,7 +166,10 @@ def _tma_implicit_gemm_kernel(
     stride_ow,
     # meta-parameters
     HAS_BIAS: tl.constexpr,
-    APPLY_RELU: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PREACT: tl.constexpr,
+    ACTIVATION: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BP: tl.constexpr,
     BQ: tl.constexpr,
@@ -203,7 +211,7 @@ def _tma_implicit_gemm_kernel(
     mask_n = offs_n < COUT
 
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # transposed: channels x pixels
-    if HAS_BIAS:  # the accumulator starts at the bias: no bias registers in the epilogue
+    if HAS_BIAS and not HAS_SCALE:  # the accumulator starts at the bias
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
         acc += bias.to(tl.float32)[:, None]
     c_chunks = tl.cdiv(CIN, BLOCK_K)
@@ -232,8 +240,6 @@ def _tma_implicit_gemm_kernel(
         w_row += tl.where(next_row, weight_step_r * S * CPAD, 0)
         w_col = tl.where(next_row, w_row, w_col)
 
-    if APPLY_RELU:  # torch's relu keeps NaN; tl.maximum compiles to a NaN-dropping max.f32
-        acc = tl.where(acc < 0.0, 0.0, acc)
     offs_m = tl.arange(0, BLOCK_M)
     i = i0 + offs_m // BQ  # constexpr BQ: a shift
     j = j0 + offs_m % BQ
@@ -244,10 +250,15 @@ def _tma_implicit_gemm_kernel(
     out_h = out_h0 + i * out_step_h
     out_w = out_w0 + j * out_step_w
     mask_out = (i < ROWS_H) & (j < ROWS_W) & (out_h < OUT_H) & (out_w < OUT_W)
-    out_rows = out_ptr + n.to(tl.int64) * stride_on + out_h * stride_oh + out_w * stride_ow
-    out_ptrs = out_rows[:, None] + offs_n[None, :]
-    out = tl.trans(acc).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptrs, out, mask=mask_out[:, None] & mask_n[None, :])
+    out_rows = n.to(tl.int64) * stride_on + out_h * stride_oh + out_w * stride_ow
+    out_offs = out_rows[:, None] + offs_n[None, :]
+    mask = mask_out[:, None] & mask_n[None, :]
+    out = fused_epilogue(
+        tl.trans(acc), offs_n[None, :], mask_n[None, :], out_offs, mask,
+        scale_ptr, bias_ptr, residual_ptr, preact_ptr, negative_slope,
+        HAS_SCALE, HAS_BIAS and HAS_SCALE, HAS_RESIDUAL, SAVE_PREACT, ACTIVATION,
+    )  # fmt: skip
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 _KEY = ["ROWS_H", "ROWS_W", "CIN", "S", "COUT", "PHASES"]
@@ -357,10 +368,11 @@ def _packed_weight(weight: Tensor, transposed: bool) -> Tensor:
     return packed.view(cout, r * s * cpad)
 
 
-def _launch_tma(a, b, s, bias, out, taps, rows, steps, relu, config, what) -> None:
+def _launch_tma(a, b, s, bias, out, taps, rows, steps, epilogue, config, what) -> Tensor | None:
     """Launch the TMA implicit GEMM: ``b`` the packed weight (:func:`_packed_weight`), ``s``
     the kernel width, ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (tap, weight, out) steps,
-    each an (h, w) pair (the row step is 1)."""
+    each an (h, w) pair (the row step is 1). Returns the pre-activation buffer when
+    ``epilogue.save_preact``, else None."""
     n, rows_h, rows_w = rows
     tap_step, weight_step, out_step = steps
     phases = taps.shape[0]
@@ -373,24 +385,27 @@ def _launch_tma(a, b, s, bias, out, taps, rows, steps, relu, config, what) -> No
     a_desc = _descriptor(a)
     cpad = _channel_pad(a.shape[1])
     b_desc = TensorDescriptor(b, [b.shape[0], b.shape[1]], [b.shape[1], 1], [16, 16])
+    scale, residual, preact = epilogue.operands(out)
     args = (
         a_desc, b_desc, bias if bias is not None else out, out, taps,
+        scale, residual, out if preact is None else preact, epilogue.negative_slope,
         rows_h, rows_w, a.shape[1], cpad, s, cout, out.shape[2], out.shape[3], phases,
         *tap_step, *weight_step, *out_step, *nhwc_strides(out),
     )  # fmt: skip
     meta = dict(
-        HAS_BIAS=bias is not None, APPLY_RELU=relu, INPUT_PRECISION=input_precision(a.dtype),
+        HAS_BIAS=bias is not None, **epilogue.meta(), INPUT_PRECISION=input_precision(a.dtype),
         INDEX_64=needs_int64(n * rows_h * rows_w, out),
     )  # fmt: skip
     if config is None:
         _TUNED[dot_kind(a.dtype)][grid](*args, **meta)
-        return
+        return preact
     config = _fit_block_k(config, cpad)
     _set_block_shapes({"a_desc": a_desc, "b_desc": b_desc, **config.kwargs})
     _tma_implicit_gemm_kernel[grid](
         *args, **meta, **config.kwargs,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
+    return preact
 
 
 def conv2d_fwd_tma(
@@ -401,9 +416,9 @@ def conv2d_fwd_tma(
     padding: Pair,
     dilation: Pair,
     output_size: Pair,
-    apply_relu: bool,
+    epilogue: Epilogue = IDENTITY,
     config: triton.Config | None = None,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`fastconv.kernels.conv2d.conv2d_fwd` through TMA boxes; only where
     ``tma_applies(x, weight, stride, padding, dilation, transposed=False)`` (stride 1)."""
     if tuple(stride) != (1, 1):
@@ -413,15 +428,16 @@ def conv2d_fwd_tma(
     p, q = output_size
     y, y_nhwc = nhwc_output((n, k, p, q), x)
     if y.numel() == 0:
-        return y
+        return (y, y_nhwc) if epilogue.save_preact else y
     taps = forward_taps((r, s), padding, x)
     steps = (dilation, (1, 1), (1, 1))
-    _launch_tma(
+    preact = _launch_tma(
         nhwc(x), _packed_weight(weight, False), s, bias, y_nhwc, taps, (n, p, q), steps,
-        apply_relu, config,
+        epilogue, config,
         "conv2d forward (TMA)",
     )  # fmt: skip
-    return y if y is y_nhwc else y.copy_(y_nhwc)
+    y = y if y is y_nhwc else y.copy_(y_nhwc)
+    return (y, preact) if epilogue.save_preact else y
 
 
 def conv2d_bwd_input_tma(
@@ -449,7 +465,7 @@ def conv2d_bwd_input_tma(
     rows = (n, *rows_hw)
     _launch_tma(
         nhwc(grad_y), _packed_weight(weight, True), s, None, grad_x_nhwc, taps, rows, steps,
-        False, config,
+        IDENTITY, config,
         "conv2d input gradient (TMA)",
     )  # fmt: skip
     return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)

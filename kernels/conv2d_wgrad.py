@@ -302,11 +302,12 @@ def conv2d_bwd_weight(
 ) -> tuple[Tensor, Tensor | None]:
     """(grad_w (K, C, R, S), grad_b (K,) or None) from grad_y (N, K, P, Q) and x (N, C, H, W).
 
-    ``grad_y`` is the gradient of the convolution's output (a fused ReLU's mask already
-    applied: :func:`fastconv.kernels.conv2d.relu_grad`). The kernel reads both in NHWC
-    with the channels padded to a multiple of 16 (a copy where they are not already). The
-    N*P*Q reduction is split across programs into an fp32 workspace, then summed and cast to
-    x's dtype; ``split`` overrides the number of programs (see :func:`wgrad_partition`) and
+    ``grad_y`` is the gradient of the convolution's output (a fused activation's
+    derivative already applied: :func:`fastconv.kernels.epilogue.activation_bwd`). The
+    kernel reads both in NHWC with the channels padded to a multiple of 16 (a copy where
+    they are not already). The N*P*Q reduction is split across programs into an fp32
+    workspace, then summed and cast to x's dtype; ``split`` overrides the number of
+    programs (see :func:`wgrad_partition`) and
     ``config`` the autotuner's choice of config. grad_w is contiguous (K, C, R, S).
     """
     n, _, h, w = x.shape

@@ -23,6 +23,7 @@ from conftest import DEVICE
 from fastconv.kernels import conv2d as ck
 from fastconv.kernels import conv2d_wgrad as wk
 from fastconv.kernels import launch
+from fastconv.kernels.epilogue import RELU, activation_bwd
 
 # config list (dot kind) -> (allow_tf32, the dtypes it serves)
 DOT_KINDS = {"fp16": (True, [torch.float16]), "tf32": (True, [torch.float32])}
@@ -106,9 +107,9 @@ def test_every_config_matches_torch(monkeypatch, op, tf32, dtype, config):
             msg=lambda m: f"{what} with {config_id(config)}: {m}",
         )
 
-    grad_y = ck.relu_grad(grad_y, relu_output)
+    grad_y = activation_bwd(grad_y, relu_output, "relu", 0.0)
     if op == "fwd":
-        y = ck.conv2d_fwd(x, weight, bias, (1, 1), (1, 1), (1, 1), (h, w), True, config=config)
+        y = ck.conv2d_fwd(x, weight, bias, (1, 1), (1, 1), (1, 1), (h, w), RELU, config=config)
         check(y, y64.detach(), c * r * s, "output")
     elif op.startswith("dgrad"):
         grad_x = ck.conv2d_bwd_input(grad_y, weight, x.shape, stride, (1, 1), (1, 1), config=config)

@@ -17,6 +17,7 @@ from fastconv import backend
 from fastconv.functional import conv2d, conv2d_bias_relu
 from fastconv.kernels import conv2d as conv2d_kernels
 from fastconv.kernels import conv2d_wgrad, launch
+from fastconv.kernels.epilogue import activation_bwd
 from fastconv.kernels.taps import tap_rows
 
 # (N, C, H, W, K, R, S, stride, padding, dilation, layout)
@@ -323,7 +324,7 @@ def test_dgrad_stride_phases_match_torch(
         n, c, h, w, k, r, s, stride, padding, dil, dtype, relu
     )
     if relu:
-        grad_y = conv2d_kernels.relu_grad(grad_y, relu_output)
+        grad_y = activation_bwd(grad_y, relu_output, "relu", 0.0)
     grad_x = conv2d_kernels.conv2d_bwd_input(grad_y, weight, x.shape, stride, padding, dil)
     (expected,) = torch.autograd.grad(conv64, x64, g64)
     assert grad_x.dtype == dtype and grad_x.shape == x.shape
@@ -352,7 +353,7 @@ def test_wgrad_split_k_matches_torch(split, relu, bias_grad, dtype, atol, rtol):
     n, c, h, w, k, r, s, stride, padding, dil = WGRAD_SHAPE
     x, _, grad_y, relu_output, _, w64, conv64, g64 = conv_operands(*WGRAD_SHAPE, dtype, relu)
     if relu:
-        grad_y = conv2d_kernels.relu_grad(grad_y, relu_output)
+        grad_y = activation_bwd(grad_y, relu_output, "relu", 0.0)
     p, q = grad_y.shape[2:]
     assert n * p * q == WGRAD_ROWS
     # the requested split is the one that runs

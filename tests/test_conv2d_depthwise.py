@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from conftest import DEVICE
 
 from fastconv.kernels import conv2d_depthwise as dw
+from fastconv.kernels.epilogue import IDENTITY, RELU
 from fastconv.kernels.layout import memory_format_of
 
 # (N, C, m, H, W, R, S, stride, (top, left) padding, (bottom, right) padding, dilation,
@@ -98,12 +99,13 @@ def check_case(
     rtol = DTYPES[dtype]
 
     if "fwd" in ops:
-        y = dw.depthwise_fwd(x, weight, bias, stride, before, dilation, (p, q), relu, config)
+        epilogue = RELU if relu else IDENTITY
+        y = dw.depthwise_fwd(x, weight, bias, stride, before, dilation, (p, q), epilogue, config)
         assert y.shape == (n, k, p, q) and y.dtype == dtype
         assert y.is_contiguous(memory_format=memory_format_of(x))
         assert_close(y, y_ref_out.detach(), rtol, "y")
 
-    # The caller masks grad_y with the fused ReLU's output (kernels.conv2d.relu_grad).
+    # The caller masks grad_y with the fused ReLU's output (kernels.epilogue.activation_bwd).
     grad_y = make((n, k, p, q), dtype, layout, seed=3)
     if relu:
         grad_y = torch.where(y_ref.detach() <= 0, 0.0, grad_y.double()).to(dtype)
@@ -172,7 +174,7 @@ def test_relu_keeps_nan_like_torch():
     x[0, 2, 1, 1] = float("nan")
     x[0, 5, 2, 2] = float("-inf")
     weight = make((8, 1, 1, 1), torch.float32, "nchw", seed=1).abs()
-    y = dw.depthwise_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (4, 4), True)
+    y = dw.depthwise_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (4, 4), RELU)
     expected = F.relu(F.conv2d(x, weight, groups=8))
     torch.testing.assert_close(y, expected, equal_nan=True)
     assert torch.isnan(y[0, 2, 1, 1]) and y[0, 5, 2, 2] == 0
@@ -189,7 +191,7 @@ def test_empty_batch():
     x = torch.empty(0, 4, 5, 5, device=DEVICE)
     weight = torch.randn(8, 1, 3, 3, device=DEVICE)
     grad_y = torch.empty(0, 8, 5, 5, device=DEVICE)
-    assert dw.depthwise_fwd(x, weight, None, (1, 1), (1, 1), (1, 1), (5, 5), False).shape == (
+    assert dw.depthwise_fwd(x, weight, None, (1, 1), (1, 1), (1, 1), (5, 5)).shape == (
         0,
         8,
         5,

@@ -15,6 +15,7 @@ from conftest import DEVICE, requires_compiled_bf16_dot, requires_cuda_tf32
 
 from fastconv.kernels import conv2d_stem, launch
 from fastconv.kernels.conv2d_stem import conv2d_stem_fwd, stem_configs, uses_stem_path
+from fastconv.kernels.epilogue import IDENTITY, RELU
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +114,7 @@ def test_matches_torch(
     size = output_size(h, w, r, s, stride, padding, dil, extra)
     for with_bias, relu in ((True, True), (False, False)):
         b = bias if with_bias else None
-        y = conv2d_stem_fwd(x, weight, b, stride, padding, dil, size, relu)
+        y = conv2d_stem_fwd(x, weight, b, stride, padding, dil, size, RELU if relu else IDENTITY)
         expected = reference(x, weight, b, stride, padding, dil, size, relu)
         if relu:
             assert (expected == 0).any() and (expected > 0).any(), "ReLU not exercised"
@@ -151,7 +152,7 @@ def test_every_config_matches_torch(ieee, config):
     x = make_input(n, c, h, w, "nchw", dtype)
     weight = torch.randn(k, c, r, s, device=DEVICE, dtype=dtype)
     bias = torch.randn(k, device=DEVICE, dtype=dtype)
-    y = conv2d_stem_fwd(x, weight, bias, (1, 1), (1, 1), (1, 1), size, True, config=config)
+    y = conv2d_stem_fwd(x, weight, bias, (1, 1), (1, 1), (1, 1), size, RELU, config=config)
     expected = reference(x, weight, bias, (1, 1), (1, 1), (1, 1), size, True)
     check(y, expected, c * r * s, 2e-5, 1e-4 if ieee else 1e-3, config_id(config))
 
@@ -168,7 +169,7 @@ def test_nan_and_inf_propagate_like_torch():
     weight = torch.randn(6, 3, 3, 3, device=DEVICE)
     bias = torch.randn(6, device=DEVICE)
     size = output_size(9, 10, 3, 3, (1, 1), (1, 1), (1, 1))
-    y = conv2d_stem_fwd(x, weight, bias, (1, 1), (1, 1), (1, 1), size, True)
+    y = conv2d_stem_fwd(x, weight, bias, (1, 1), (1, 1), (1, 1), size, RELU)
     expected = reference(x, weight, bias, (1, 1), (1, 1), (1, 1), size, True)
     assert expected.isnan().sum() > 9, "the NaN should spread to a 3x3 window of every channel"
     assert torch.equal(y.cpu().isnan(), expected.isnan())
@@ -182,13 +183,13 @@ def test_index_64_path(monkeypatch):
     x = make_input(2, 3, 9, 8, "channels_last", torch.float32)
     weight = torch.randn(5, 3, 7, 7, device=DEVICE)
     size = output_size(9, 8, 7, 7, (2, 2), (3, 3), (1, 1))
-    y = conv2d_stem_fwd(x, weight, None, (2, 2), (3, 3), (1, 1), size, True)
+    y = conv2d_stem_fwd(x, weight, None, (2, 2), (3, 3), (1, 1), size, RELU)
     check(y, reference(x, weight, None, (2, 2), (3, 3), (1, 1), size, True), 147, 2e-5, 1e-4)
 
 
 def test_empty_batch():
     x, weight = torch.randn(0, 3, 8, 8, device=DEVICE), torch.randn(4, 3, 3, 3, device=DEVICE)
-    y = conv2d_stem_fwd(x, weight, None, (1, 1), (1, 1), (1, 1), (8, 8), False)
+    y = conv2d_stem_fwd(x, weight, None, (1, 1), (1, 1), (1, 1), (8, 8))
     assert y.shape == (0, 4, 8, 8)
 
 

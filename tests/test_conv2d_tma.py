@@ -15,6 +15,7 @@ from fastconv.kernels.conv2d_tma import (
     tma_applies,
     tma_configs,
 )
+from fastconv.kernels.epilogue import IDENTITY, RELU
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
@@ -42,7 +43,8 @@ def _check_fwd(device, n, c, h, w, k, r, s, padding, dilation, dtype=torch.float
     if relu:
         ref = ref.relu()
     assert tma_applies(x, weight, (1, 1), padding, dilation, transposed=False)
-    y = conv2d_fwd_tma(x, weight, b, (1, 1), padding, dilation, tuple(ref.shape[2:]), relu, config)
+    epilogue = RELU if relu else IDENTITY
+    y = conv2d_fwd_tma(x, weight, b, (1, 1), padding, dilation, ref.shape[2:], epilogue, config)
     assert y.shape == ref.shape and y.dtype == dtype
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
     torch.testing.assert_close(y.double(), ref, **TOL[dtype])
@@ -101,7 +103,7 @@ def test_forward_relu_keeps_nan(device):
     x = torch.zeros(1, 8, 4, 4, device=device)
     x[0, 0, 1, 1] = float("nan")
     weight = torch.ones(4, 8, 1, 1, device=device)
-    y = conv2d_fwd_tma(x, weight, None, (1, 1), (0, 0), (1, 1), (4, 4), True)
+    y = conv2d_fwd_tma(x, weight, None, (1, 1), (0, 0), (1, 1), (4, 4), RELU)
     assert torch.isnan(y[0, :, 1, 1]).all()
     assert (y.isnan().sum() == 4) and (y.nan_to_num() == 0).all()
 

@@ -21,6 +21,7 @@ from fastconv.kernels import conv2d_tma as tk
 from fastconv.kernels import conv2d_wgrad as wk
 from fastconv.kernels import launch as lk
 from fastconv.kernels import pool2d as pk
+from fastconv.kernels.epilogue import RELU
 
 META = torch.device("meta")
 MAX_GRID = (2**31 - 1, 65_535, 65_535)
@@ -75,7 +76,7 @@ def run_conv_launchers(n, c, h, w, k, r, s, stride, padding=(0, 0), dtype=torch.
     x = torch.empty(n, c, h, w, device=META, dtype=dtype)
     weight = torch.empty(k, c, r, s, device=META, dtype=dtype)
     bias = torch.empty(k, device=META, dtype=dtype)
-    y = ck.conv2d_fwd(x, weight, bias, stride, padding, (1, 1), (p, q), True)
+    y = ck.conv2d_fwd(x, weight, bias, stride, padding, (1, 1), (p, q), RELU)
     ck.conv2d_bwd_input(y, weight, x.shape, stride, padding, (1, 1))
     ck.conv2d_bwd_weight(y, x, weight.shape, stride, padding, (1, 1), True)
     return p, q
@@ -120,7 +121,7 @@ def test_channel_tiles_share_grid_axis_0(conv_launches, c):
     # 2**23 output channels: 131,072 channel tiles of 64, past the 65,535 of axes 1 and 2
     x = torch.empty(1, c, 2, 2, device=META)
     weight = torch.empty(2**23, c, 1, 1, device=META)
-    ck.conv2d_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (2, 2), False)
+    ck.conv2d_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (2, 2))
     _, grid, _, meta = conv_launches.calls[0]
     assert grid({**meta, "BLOCK_M": 64, "BLOCK_N": 64}) == (131_072,)
 
@@ -129,7 +130,7 @@ def test_grid_past_axis_0_limit_raises_a_clear_error(conv_launches):
     # 2**32 output pixels in 64-pixel tiles x 64 channel tiles: 2**32 programs
     x = torch.empty(2**12, 16, 2**10, 2**10, device=META)
     weight = torch.empty(2**12, 16, 1, 1, device=META)
-    ck.conv2d_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (2**10, 2**10), False)
+    ck.conv2d_fwd(x, weight, None, (1, 1), (0, 0), (1, 1), (2**10, 2**10))
     _, grid, _, meta = conv_launches.calls[0]
     with pytest.raises(ValueError, match="conv2d forward: grid axis 0 needs 4294967296 programs"):
         grid({**meta, "BLOCK_M": 64, "BLOCK_N": 64})
@@ -339,7 +340,7 @@ def test_last_tiles_past_2_31_pixels(conv_launches, run_programs, op):
     with alloc.poison_allocations(False):
         if op == "fwd":
             x, bias = expanded(16, HW, HW), torch.randn(3).half()
-            out = ck.conv2d_fwd(x, weight, bias, (1, 1), (0, 0), (1, 1), (HW, HW), True)
+            out = ck.conv2d_fwd(x, weight, bias, (1, 1), (0, 0), (1, 1), (HW, HW), RELU)
         else:
             grad_y = expanded(3, HW, HW)
             out = ck.conv2d_bwd_input(grad_y, weight, (BIG_N, 2, HW, HW), (1, 1), (0, 0), (1, 1))

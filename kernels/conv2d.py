@@ -45,7 +45,7 @@ from fastconv.kernels.conv2d_depthwise import (
 from fastconv.kernels.conv2d_stem import conv2d_stem_fwd, uses_stem_path
 from fastconv.kernels.conv2d_tma import conv2d_bwd_input_tma, conv2d_fwd_tma, tma_applies
 from fastconv.kernels.conv2d_wgrad import wgrad_configs, wgrad_partition, wgrad_split
-from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue
+from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue, tile_fits_epilogue
 from fastconv.kernels.launch import (
     INTERPRETER_CONFIGS,
     checked_grid,
@@ -108,9 +108,15 @@ def conv_configs(kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER) -> 
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop the tiles much wider than the output channels (their columns would be padding)."""
+    """Drop the tiles much wider than the output channels (their columns would be padding),
+    and the largest ones where the epilogue holds a second tile (``tile_fits_epilogue``)."""
     cout = named_args["COUT"]
-    return [c for c in configs if c.kwargs["BLOCK_N"] <= max(32, 2 * cout)] or configs
+
+    def useful(c: triton.Config) -> bool:
+        block_m, block_n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        return block_n <= max(32, 2 * cout) and tile_fits_epilogue(block_m * block_n, kwargs)
+
+    return [c for c in configs if useful(c)] or configs
 
 
 # --------------------------------------------------------------------------- kernel

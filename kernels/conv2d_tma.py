@@ -42,7 +42,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
-from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue
+from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue, tile_fits_epilogue
 from fastconv.kernels.launch import checked_grid, dot_kind, input_precision, needs_int64
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
 from fastconv.kernels.taps import dgrad_taps, forward_taps, load_phase_taps
@@ -115,14 +115,19 @@ def _fit_block_k(config: triton.Config, cpad: int) -> triton.Config:
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop tiles much wider than the output channels and boxes mostly outside the image;
+    """Drop tiles much wider than the output channels, boxes mostly outside the image and
+    the largest tiles where the epilogue holds a second tile (``tile_fits_epilogue``);
     shrink BLOCK_K to CPAD for few input channels (a chunk must not cross a tap)."""
     cout, rows_h, rows_w = named_args["COUT"], named_args["ROWS_H"], named_args["ROWS_W"]
 
     def useful(c: triton.Config) -> bool:
-        bp, bq = c.kwargs["BP"], c.kwargs["BQ"]
+        bp, bq, block_n = c.kwargs["BP"], c.kwargs["BQ"], c.kwargs["BLOCK_N"]
         covered = triton.cdiv(rows_h, bp) * bp * triton.cdiv(rows_w, bq) * bq
-        return c.kwargs["BLOCK_N"] <= max(64, 2 * cout) and covered <= 2 * rows_h * rows_w
+        return (
+            block_n <= max(64, 2 * cout)
+            and covered <= 2 * rows_h * rows_w
+            and tile_fits_epilogue(bp * bq * block_n, kwargs)
+        )
 
     kept = [c for c in configs if useful(c)] or configs
     return [_fit_block_k(c, named_args["CPAD"]) for c in kept]

@@ -28,7 +28,15 @@ from fastconv.kernels import alloc
 from fastconv.kernels.launch import checked_grid, needs_int64
 from fastconv.kernels.layout import memory_format_of
 
-__all__ = ["IDENTITY", "RELU", "Epilogue", "activation_bwd", "apply_activation", "fused_epilogue"]
+__all__ = [
+    "IDENTITY",
+    "RELU",
+    "Epilogue",
+    "activation_bwd",
+    "apply_activation",
+    "fused_epilogue",
+    "tile_fits_epilogue",
+]
 
 _SQRT_2_OVER_PI = tl.constexpr(math.sqrt(2.0 / math.pi))
 _INV_SQRT_2 = tl.constexpr(1.0 / math.sqrt(2.0))
@@ -77,6 +85,19 @@ class Epilogue:
 
 IDENTITY = Epilogue()
 RELU = Epilogue("relu")
+
+# A residual or a stored pre-activation puts a second fp32 tile in registers at the store:
+# tiles of 128x128 accumulators then spill at 4 warps (compile gate, fp16 with erf GELU:
+# 255 registers and 344-512 B of stack on sm_90 TMA and sm_80 cp.async), 64x128 do not
+# (176 registers). The pruners keep the tiles at most this large for such epilogues.
+MAX_TILE_WITH_SECOND_OPERAND = 64 * 128
+
+
+def tile_fits_epilogue(tile_elements: int, launch_kwargs: dict) -> bool:
+    """Whether a tile of ``tile_elements`` accumulators suits the epilogue named by a
+    launch's constexpr flags (``HAS_RESIDUAL``, ``SAVE_PREACT``)."""
+    second_operand = launch_kwargs.get("HAS_RESIDUAL") or launch_kwargs.get("SAVE_PREACT")
+    return not second_operand or tile_elements <= MAX_TILE_WITH_SECOND_OPERAND
 
 
 def _like(t: Tensor, out: Tensor) -> Tensor:

@@ -267,3 +267,25 @@ def test_epilogue_argument_errors(torch_backend, kwargs, error, match):
     x, weight = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
     with pytest.raises(error, match=match):
         fused_conv2d(x, weight, None, 1, 1, **kwargs)
+
+
+def test_large_tiles_are_pruned_for_a_residual_or_stored_preactivation():
+    """128x128 accumulators spill once the epilogue holds a second tile (compile gate);
+    the pruners then keep tiles of at most 64x128, and all tiles otherwise."""
+    from fastconv.kernels import conv2d_tma
+    from fastconv.kernels.epilogue import MAX_TILE_WITH_SECOND_OPERAND
+
+    gemm = ck.conv_configs("fp16", interpreter=False)
+    tma = tma_configs("fp16", interpreter=False)
+    gemm_args = {"COUT": 256}
+    tma_args = {"COUT": 256, "ROWS_H": 56, "ROWS_W": 56, "CPAD": 64}
+    assert ck._prune_configs(gemm, gemm_args, HAS_RESIDUAL=False, SAVE_PREACT=False) == gemm
+    for flag in ("HAS_RESIDUAL", "SAVE_PREACT"):
+        kept = ck._prune_configs(gemm, gemm_args, **{flag: True})
+        sizes = [c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in kept]
+        assert kept and len(kept) < len(gemm) and max(sizes) <= MAX_TILE_WITH_SECOND_OPERAND
+        kept = conv2d_tma._prune_configs(tma, tma_args, **{flag: True})
+        sizes = [c.kwargs["BP"] * c.kwargs["BQ"] * c.kwargs["BLOCK_N"] for c in kept]
+        assert kept and max(sizes) <= MAX_TILE_WITH_SECOND_OPERAND
+    full = conv2d_tma._prune_configs(tma, tma_args)
+    assert max(c.kwargs["BP"] * c.kwargs["BQ"] * c.kwargs["BLOCK_N"] for c in full) > 8192

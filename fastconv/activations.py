@@ -50,7 +50,7 @@ def check_activation(activation: str, negative_slope: float) -> None:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, int | float):
         raise TypeError(f"negative_slope must be a float, got {negative_slope!r}")
-    if not math.isfinite(negative_slope):
+    if not -math.inf < negative_slope < math.inf:  # NaN fails too (comparisons trace in dynamo)
         raise ValueError(f"negative_slope must be finite, got {negative_slope!r}")
 
 

@@ -1,9 +1,10 @@
-"""Functional API: autograd Functions over the Triton kernels, with torch's signatures.
+"""Functional API over the Triton kernels, with torch's signatures.
 
 Each public function validates its arguments (errors name the argument and the shapes),
 applies autocast, picks the backend (:mod:`fastconv.backend`) and runs either the
-autograd Function whose forward and backward call the Triton launchers in
-:mod:`fastconv.kernels`, or the torch reference ops.
+``torch.ops.fastconv`` op (:mod:`fastconv.ops`: forward and backward run the Triton
+launchers in :mod:`fastconv.kernels`; torch.compile and torch.export see the op) or the
+torch reference ops.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from fastconv import ops
 from fastconv.activations import check_activation, reference_activation, saved_for_backward
 from fastconv.backend import resolve_backend
-from fastconv.kernels.layout import memory_format_of
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -71,24 +71,6 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
-
-
-# ``torch.compiler.disable`` imports torch._dynamo (1-2 s) when it decorates, i.e. when this
-# module is imported. ``torch._disable_dynamo`` is the same decorator made lazy, as torch uses
-# it internally: torch._dynamo is imported on the first call instead, and Dynamo skips the
-# wrapper while tracing (a graph break, no trace into the launchers). Should a later torch drop
-# it, the eager decorator keeps the behaviour and only the import gets slower.
-_lazy_compiler_disable = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
-
-
-@_lazy_compiler_disable
-def _triton_apply(function: type[torch.autograd.Function], *args):
-    """``function.apply(*args)``, kept out of torch.compile graphs (a graph break).
-
-    Dynamo cannot trace the Triton launchers (under the interpreter it would trace into
-    Triton itself), so compiled models call the kernels eagerly between graphs.
-    """
-    return function.apply(*args)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -172,92 +154,6 @@ def _check_conv_args(
     return stride_hw, before, after, dilation_hw, out_hw
 
 
-class Conv2dEpilogueFunction(torch.autograd.Function):
-    """``y = act(conv2d(x, w) * scale + b + residual)``; forward and backward run Triton kernels.
-
-    The backward turns ``grad_y`` into ``grad_z`` (z the pre-activation) once, from the
-    saved output or pre-activation (:func:`fastconv.activations.saved_for_backward`), then
-    runs dgrad on the scaled weight and wgrad on ``grad_z``: ``grad_w = scale * wgrad`` and
-    ``grad_scale[k] = sum(wgrad[k] * w[k])`` (the convolution is linear in w), so a scale
-    costs no saved tensor. ``grad_residual = grad_z``.
-    """
-
-    @staticmethod
-    def forward(
-        ctx,
-        x,
-        weight,
-        bias,
-        scale,
-        residual,
-        stride,
-        padding,
-        dilation,
-        groups,
-        output_size,
-        activation,
-        negative_slope,
-    ):
-        from fastconv.kernels import conv2d as kernels
-        from fastconv.kernels.epilogue import Epilogue
-
-        needs_grad = any(ctx.needs_input_grad[:5])
-        saved_kind = saved_for_backward(activation, negative_slope)
-        epilogue = Epilogue(
-            activation,
-            negative_slope,
-            scale,
-            residual,
-            save_preact=needs_grad and saved_kind == "preact",
-        )
-        result = kernels.conv2d_fwd(
-            x, weight, bias, stride, padding, dilation, output_size, epilogue, groups
-        )
-        y, preact = result if epilogue.save_preact else (result, None)
-        if needs_grad:
-            saved = preact if preact is not None else y if activation != "identity" else None
-            ctx.save_for_backward(x, weight, scale, saved)
-            ctx.has_bias = bias is not None
-            ctx.conv_args = (stride, padding, dilation)
-            ctx.groups = groups
-            ctx.activation = (activation, negative_slope)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        from fastconv.kernels import conv2d as kernels
-        from fastconv.kernels.epilogue import activation_bwd
-
-        x, weight, scale, saved = ctx.saved_tensors
-        stride, padding, dilation = ctx.conv_args
-        activation, negative_slope = ctx.activation
-        needs = ctx.needs_input_grad
-        grad_z = grad_y
-        if saved is not None:
-            grad_z = activation_bwd(grad_y, saved, activation, negative_slope)
-        grad_x = grad_w = grad_b = grad_scale = None
-        if needs[0]:
-            scaled_weight = weight if scale is None else weight * scale.view(-1, 1, 1, 1)
-            grad_x = kernels.conv2d_bwd_input(
-                grad_z, scaled_weight, x.shape, stride, padding, dilation, ctx.groups
-            )
-        need_bias_grad = ctx.has_bias and needs[2]
-        if needs[1] or need_bias_grad or (scale is not None and needs[3]):
-            grad_w, grad_b = kernels.conv2d_bwd_weight(
-                grad_z, x, weight.shape, stride, padding, dilation, need_bias_grad, ctx.groups
-            )
-            if scale is not None and needs[3]:
-                per_channel = (grad_w.float() * weight.float()).sum(dim=(1, 2, 3))
-                grad_scale = per_channel.to(scale.dtype)
-            if scale is not None and needs[1]:
-                grad_w = grad_w * scale.view(-1, 1, 1, 1)
-            if not needs[1]:
-                grad_w = None
-        grad_residual = grad_z if needs[4] else None
-        return (grad_x, grad_w, grad_b, grad_scale, grad_residual, *([None] * 7))
-
-
 def _check_epilogue_args(
     scale: Tensor | None,
     residual: Tensor | None,
@@ -325,22 +221,17 @@ def _conv2d(
             z = z + residual
         y = reference_activation(z, activation, negative_slope)
     else:
-        with torch.autocast(x.device.type, enabled=False):
-            y = _triton_apply(
-                Conv2dEpilogueFunction,
-                x,
-                weight,
-                bias,
-                scale,
-                residual,
-                stride_hw,
-                before,
-                dilation_hw,
-                groups,
-                out_hw,
-                activation,
-                float(negative_slope),
-            )
+        operands = (x, weight, bias, scale, residual)
+        needs_grad = torch.is_grad_enabled() and any(
+            isinstance(t, Tensor) and t.requires_grad for t in operands
+        )
+        save_preact = needs_grad and saved_for_backward(activation, negative_slope) == "preact"
+        # Autocast already cast the operands above; the op has no autocast kernel, so the
+        # dispatcher passes it through unchanged (and export keeps a plain op node).
+        y, _ = ops.conv2d(
+            *operands, stride_hw, before, dilation_hw, groups, out_hw,
+            activation, float(negative_slope), save_preact,
+        )  # fmt: skip
     return y.squeeze(0) if unbatched else y
 
 
@@ -470,41 +361,6 @@ def _check_pool_args(
     return kernel, step, pad, dil, out_hw
 
 
-class MaxPool2dFunction(torch.autograd.Function):
-    """``y = max_pool2d(x)`` on the Triton kernels; returns ``(y, argmax)`` when asked to.
-
-    The forward saves only the compact argmax (``r*KW + s`` inside each window, int8 for
-    kernels up to 128 elements), and only when a gradient is needed.
-    """
-
-    @staticmethod
-    def forward(
-        ctx, x, kernel_size, stride, padding, dilation, output_size, needs_grad, return_argmax
-    ):
-        from fastconv.kernels import pool2d as kernels
-
-        pool_args = (kernel_size, stride, padding, dilation)
-        store_argmax = needs_grad or return_argmax
-        y, argmax = kernels.max_pool2d_fwd(x, *pool_args, output_size, store_argmax)
-        if needs_grad:
-            ctx.save_for_backward(argmax)
-            ctx.input_layout = (x.shape, memory_format_of(x))
-            ctx.pool_args = pool_args
-        if not return_argmax:
-            return y
-        ctx.mark_non_differentiable(argmax)
-        return y, argmax
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y, *_):
-        from fastconv.kernels import pool2d as kernels
-
-        (argmax,) = ctx.saved_tensors
-        grad_x = kernels.max_pool2d_bwd(grad_y, argmax, *ctx.input_layout, *ctx.pool_args)
-        return grad_x, None, None, None, None, None, None, None
-
-
 def _max_pool_indices(argmax, input_hw, kernel_size, stride, padding, dilation) -> Tensor:
     """torch-style int64 indices ``h * W + w`` into each input plane from the compact argmax."""
     argmax = argmax.long()
@@ -540,39 +396,15 @@ def max_pool2d(
         result = F.max_pool2d(x, kernel, step, pad, dil, ceil_mode, return_indices)
         y, indices = result if return_indices else (result, None)
     else:
-        needs_grad = torch.is_grad_enabled() and x.requires_grad
-        result = _triton_apply(
-            MaxPool2dFunction, x, kernel, step, pad, dil, out_hw, needs_grad, return_indices
-        )
-        y, indices = result if return_indices else (result, None)
+        store_argmax = return_indices or (torch.is_grad_enabled() and x.requires_grad)
+        y, argmax = ops.max_pool2d(x, kernel, step, pad, dil, out_hw, store_argmax)
+        indices = None
         if return_indices:
-            indices = _max_pool_indices(indices, x.shape[-2:], kernel, step, pad, dil)
+            indices = _max_pool_indices(argmax, x.shape[-2:], kernel, step, pad, dil)
     if unbatched:
         y = y.squeeze(0)
         indices = None if indices is None else indices.squeeze(0)
     return (y, indices) if return_indices else y
-
-
-class AvgPool2dFunction(torch.autograd.Function):
-    """``y = avg_pool2d(x)`` on the Triton kernels; saves no tensor, only the geometry."""
-
-    @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding, output_size, count_include_pad, divisor):
-        from fastconv.kernels import pool2d as kernels
-
-        pool_args = (kernel_size, stride, padding)
-        mode_args = (count_include_pad, divisor)
-        ctx.input_layout = (x.shape, memory_format_of(x))
-        ctx.pool_args = (*pool_args, *mode_args)
-        return kernels.avg_pool2d_fwd(x, *pool_args, output_size, *mode_args)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        from fastconv.kernels import pool2d as kernels
-
-        grad_x = kernels.avg_pool2d_bwd(grad_y, *ctx.input_layout, *ctx.pool_args)
-        return grad_x, None, None, None, None, None, None
 
 
 def avg_pool2d(
@@ -604,35 +436,8 @@ def avg_pool2d(
     if resolve_backend(x.device) == "torch":
         y = F.avg_pool2d(x, kernel, step, pad, ceil_mode, count_include_pad, divisor_override)
     else:
-        y = _triton_apply(
-            AvgPool2dFunction,
-            x,
-            kernel,
-            step,
-            pad,
-            out_hw,
-            bool(count_include_pad),
-            divisor_override,
-        )
+        y = ops.avg_pool2d(x, kernel, step, pad, out_hw, bool(count_include_pad), divisor_override)
     return y.squeeze(0) if unbatched else y
-
-
-class AdaptiveAvgPool2dFunction(torch.autograd.Function):
-    """``y = adaptive_avg_pool2d(x)`` on the Triton kernels; saves no tensor."""
-
-    @staticmethod
-    def forward(ctx, x, output_size):
-        from fastconv.kernels import pool2d as kernels
-
-        ctx.input_layout = (x.shape, memory_format_of(x))
-        return kernels.adaptive_avg_pool2d_fwd(x, output_size)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        from fastconv.kernels import pool2d as kernels
-
-        return kernels.adaptive_avg_pool2d_bwd(grad_y, *ctx.input_layout), None
 
 
 def _adaptive_output_size(output_size, x: Tensor) -> tuple[int, int]:
@@ -666,5 +471,5 @@ def adaptive_avg_pool2d(input: Tensor, output_size: IntOrPair) -> Tensor:
     if resolve_backend(x.device) == "torch":
         y = F.adaptive_avg_pool2d(x, out_hw)
     else:
-        y = _triton_apply(AdaptiveAvgPool2dFunction, x, out_hw)
+        y = ops.adaptive_avg_pool2d(x, out_hw)
     return y.squeeze(0) if unbatched else y

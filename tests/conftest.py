@@ -20,7 +20,6 @@ import contextlib  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from fastconv import backend  # noqa: E402
 from fastconv.kernels import alloc  # noqa: E402
@@ -70,30 +69,43 @@ def torch_backend() -> Iterator[None]:
         yield
 
 
-class AtenOpRecorder(TorchDispatchMode):
-    """Records the name of every aten op dispatched while active (forward and backward)."""
+class ProfiledOps:
+    """The aten ops the profiler saw run inside :func:`profile_ops` (forward and backward,
+    nested ones included: the ops inside a ``torch.ops.fastconv`` op's implementation
+    too, which a ``TorchDispatchMode`` would not see)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
+        self.names: set[str] = set()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func.overloadpacket.__name__))
-        return func(*args, **(kwargs or {}))
+    @property
+    def ops(self) -> list[str]:
+        """Names of the aten ops that ran, without the ``aten::`` prefix."""
+        return sorted(
+            name.removeprefix("aten::") for name in self.names if name.startswith("aten::")
+        )
 
     def forbidden(self) -> list[str]:
-        """Recorded ops that are convolutions or poolings."""
-        return sorted({op for op in self.ops if any(f in op for f in FORBIDDEN_OP_FRAGMENTS)})
+        """aten ops that are convolutions or poolings (torch did the work, not Triton)."""
+        return [op for op in self.ops if any(f in op for f in FORBIDDEN_OP_FRAGMENTS)]
+
+    def compiled_regions(self) -> list[str]:
+        """The torch.compile'd graphs that ran."""
+        return sorted(name for name in self.names if name.startswith("Torch-Compiled Region"))
+
+
+@contextlib.contextmanager
+def profile_ops() -> Iterator[ProfiledOps]:
+    """Record every op run inside with the profiler (compiled code keeps running)."""
+    ops = ProfiledOps()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        yield ops
+    ops.names = {event.name for event in profiler.events()}
 
 
 @pytest.fixture
-def record_aten_ops() -> contextlib.AbstractContextManager[AtenOpRecorder]:
-    """``with record_aten_ops() as rec: ...`` then ``assert not rec.forbidden()``.
-
-    A ``TorchDispatchMode`` makes ``torch.compile`` fall back to eager while it is active: do
-    not wrap compiled code in it (tests/test_layers.py uses the profiler there).
-    """
-    return AtenOpRecorder
+def record_aten_ops() -> contextlib.AbstractContextManager[ProfiledOps]:
+    """``with record_aten_ops() as rec: ...`` then ``assert not rec.forbidden()``."""
+    return profile_ops
 
 
 def assert_model_matches_float64(model, reference, x, y, grad_out, reference_name=None) -> None:

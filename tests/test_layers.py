@@ -1,13 +1,11 @@
 """fastconv.layers: drop-in compatibility with torch.nn and parity of a small model."""
 
-import contextlib
 import copy
 import io
-from collections.abc import Iterator
 
 import pytest
 import torch
-from conftest import FORBIDDEN_OP_FRAGMENTS, assert_model_matches_float64
+from conftest import assert_model_matches_float64, profile_ops
 from torch import nn
 
 from fastconv import layers
@@ -198,67 +196,33 @@ def _counting_aot_eager(graphs: list):
     return compiler
 
 
-class ProfiledOps:
-    """Names of the events profiled by :func:`profile_ops`."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def forbidden(self) -> list[str]:
-        """aten ops that are convolutions or poolings (torch did the work, not Triton)."""
-        return sorted(
-            name
-            for name in self.names
-            if name.startswith("aten::") and any(f in name for f in FORBIDDEN_OP_FRAGMENTS)
-        )
-
-    def compiled_regions(self) -> list[str]:
-        """The torch.compile'd graphs that ran."""
-        return sorted(name for name in self.names if name.startswith("Torch-Compiled Region"))
-
-
-@contextlib.contextmanager
-def profile_ops() -> Iterator[ProfiledOps]:
-    """Record the aten ops run inside, as ``record_aten_ops`` does, for compiled code.
-
-    ``record_aten_ops`` is a TorchDispatchMode, and while one is active torch.compile'd code
-    does not run at all (dynamo falls back to eager), so it cannot test a compiled model;
-    the profiler leaves compiled code running.
-    """
-    ops = ProfiledOps()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        yield ops
-    ops.names = {event.name for event in profiler.events()}
-
-
 @pytest.mark.parametrize("backend_name", ["torch", "triton"])
 def test_torch_compile_of_fastconv_model_matches_torch_nn(backend_name, device, monkeypatch):
-    """torch.compile of the fastconv model: output and every gradient match the torch.nn model.
-
-    On the torch backend the layers trace into one graph (``fullgraph=True``); on the Triton
-    backend compile graph-breaks around the kernels (no aten conv or pool runs) and still
-    runs the rest compiled. The reference is an independent torch.nn model, not eager fastconv.
+    """torch.compile(fullgraph=True) of the fastconv model: one graph, and output and every
+    gradient match the torch.nn model. On the Triton backend the graph calls the
+    ``torch.ops.fastconv`` ops and no aten conv or pool runs; on the torch backend it holds
+    torch's ops. The reference is an independent torch.nn model, not eager fastconv.
     """
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     fastconv_model = _fastconv_model().to(device)
     twin = _torch_twin(fastconv_model)
     graphs = []
-    on_triton = backend_name == "triton"
-    compiled = torch.compile(
-        fastconv_model, backend=_counting_aot_eager(graphs), fullgraph=not on_triton
-    )
+    compiled = torch.compile(fastconv_model, backend=_counting_aot_eager(graphs), fullgraph=True)
     x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
     grad_out = torch.randn(2, 5, device=device)
 
     with use_backend(backend_name), profile_ops() as ops:
         y = compiled(x)
         y.backward(grad_out)
-    assert graphs and ops.compiled_regions(), "the compiled model ran no compiled code"
-    if on_triton:
+    assert len(graphs) == 1 and ops.compiled_regions(), "the compiled model ran no compiled code"
+    called = {str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"}
+    fastconv_ops = {name for name in called if name.startswith("fastconv.")}
+    if backend_name == "triton":
         assert ops.forbidden() == []
+        assert {"fastconv.conv2d.default", "fastconv.max_pool2d.default"} <= fastconv_ops
     else:
-        assert len(graphs) == 1
+        assert not fastconv_ops
         assert ops.forbidden(), "the profiler saw no conv: it cannot vouch for the Triton case"
     assert_model_matches_float64(fastconv_model, twin, x, y, grad_out, _torch_keys)
 

@@ -1,0 +1,391 @@
+"""fastconv's Triton kernels as ``torch.library`` ops in the ``fastconv`` namespace.
+
+Every kernel entry point is an op with a schema, a fake (meta) implementation that gives the
+real output's shape, dtype and memory format, and, for the forwards, a registered autograd
+formula whose backward calls the backward ops: ``torch.compile(fullgraph=True)`` and
+``torch.export`` see ``torch.ops.fastconv.*`` nodes (no graph break, nothing traced into
+Triton), and ``torch.library.opcheck`` can check each one. The ops are opaque
+``custom_op``\\ s on every device (docs/decisions.md, "Ops": why not ``triton_op``).
+
+The ops take already validated, already resolved arguments (pairs as lists, padding as the
+top/left amount, the output size); :mod:`fastconv.functional` is the user API that
+validates, applies autocast, picks the backend and calls them. Importing this module
+registers the ops, so a program that loads an exported graph must import fastconv first.
+
+Ops (forward -> its backward ops):
+
+* ``conv2d(x, w, bias?, scale?, residual?, ...) -> (y, preact)``: ``y = act(conv2d(x, w) *
+  scale + bias + residual)``; ``preact`` is z (channels-last) when ``save_preact``, else an
+  empty tensor -> ``activation_backward``, ``conv2d_input_grad``, ``conv2d_weight_grad``.
+* ``max_pool2d -> (y, argmax)`` -> ``max_pool2d_backward``; ``avg_pool2d`` ->
+  ``avg_pool2d_backward``; ``adaptive_avg_pool2d`` -> ``adaptive_avg_pool2d_backward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.library import custom_op
+
+from fastconv.kernels.layout import memory_format_of
+
+__all__ = [
+    "activation_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv2d",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "max_pool2d",
+    "max_pool2d_backward",
+]
+
+Ints = Sequence[int]
+
+
+def _nothing(like: Tensor) -> Tensor:
+    """The empty tensor an op returns in place of an output it was not asked for."""
+    return like.new_empty(0)
+
+
+def _empty(shape: Ints, like: Tensor, memory_format: torch.memory_format, dtype=None) -> Tensor:
+    return torch.empty(
+        tuple(shape), dtype=dtype or like.dtype, device=like.device, memory_format=memory_format
+    )
+
+
+def _format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+@custom_op("fastconv::conv2d", mutates_args=())
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    scale: Tensor | None,
+    residual: Tensor | None,
+    stride: Ints,
+    padding: Ints,
+    dilation: Ints,
+    groups: int,
+    output_size: Ints,
+    activation: str,
+    negative_slope: float,
+    save_preact: bool,
+) -> tuple[Tensor, Tensor]:
+    """(y, preact): y (N, K, P, Q) in x's memory format; preact channels-last or empty."""
+    from fastconv.kernels import conv2d as kernels
+    from fastconv.kernels.epilogue import Epilogue
+
+    epilogue = Epilogue(activation, negative_slope, scale, residual, save_preact)
+    geometry = (tuple(stride), tuple(padding), tuple(dilation), tuple(output_size))
+    result = kernels.conv2d_fwd(x, weight, bias, *geometry, epilogue, groups)
+    if not save_preact:
+        return result, _nothing(x)
+    y, preact = result
+    if preact.numel() == 0 or preact is y:  # an empty output: the launcher returns y twice
+        return y, _empty(y.shape, y, torch.channels_last)
+    return y, preact.contiguous(memory_format=torch.channels_last)
+
+
+@conv2d.register_fake
+def _(x, weight, bias, scale, residual, stride, padding, dilation, groups, output_size,
+      activation, negative_slope, save_preact):  # fmt: skip
+    shape = (x.shape[0], weight.shape[0], *output_size)
+    y = _empty(shape, x, memory_format_of(x))
+    return y, (_empty(shape, x, torch.channels_last) if save_preact else _nothing(x))
+
+
+@custom_op("fastconv::activation_backward", mutates_args=())
+def activation_backward(
+    grad_y: Tensor, saved: Tensor, activation: str, negative_slope: float
+) -> Tensor:
+    """grad_z = grad_y * act'(z) from the saved output or pre-activation, saved's format."""
+    from fastconv.kernels.epilogue import activation_bwd
+
+    return activation_bwd(grad_y, saved, activation, negative_slope)
+
+
+@activation_backward.register_fake
+def _(grad_y, saved, activation, negative_slope):
+    return _empty(saved.shape, grad_y, memory_format_of(saved))
+
+
+@custom_op("fastconv::conv2d_input_grad", mutates_args=())
+def conv2d_input_grad(
+    grad: Tensor,
+    weight: Tensor,
+    input_shape: Ints,
+    stride: Ints,
+    padding: Ints,
+    dilation: Ints,
+    groups: int,
+) -> Tensor:
+    """grad_x (N, C, H, W) in grad's memory format from the pre-activation gradient."""
+    from fastconv.kernels import conv2d as kernels
+
+    geometry = (tuple(stride), tuple(padding), tuple(dilation))
+    return kernels.conv2d_bwd_input(grad, weight, tuple(input_shape), *geometry, groups)
+
+
+@conv2d_input_grad.register_fake
+def _(grad, weight, input_shape, stride, padding, dilation, groups):
+    return _empty(input_shape, grad, memory_format_of(grad))
+
+
+@custom_op("fastconv::conv2d_weight_grad", mutates_args=())
+def conv2d_weight_grad(
+    grad: Tensor,
+    x: Tensor,
+    weight_shape: Ints,
+    stride: Ints,
+    padding: Ints,
+    dilation: Ints,
+    groups: int,
+    bias_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """(grad_w (K, C/groups, R, S) contiguous, grad_b (K,) or empty)."""
+    from fastconv.kernels import conv2d as kernels
+
+    geometry = (tuple(stride), tuple(padding), tuple(dilation))
+    grad_w, grad_b = kernels.conv2d_bwd_weight(
+        grad, x, tuple(weight_shape), *geometry, bias_grad, groups
+    )
+    return grad_w, (grad_b if grad_b is not None else _nothing(x))
+
+
+@conv2d_weight_grad.register_fake
+def _(grad, x, weight_shape, stride, padding, dilation, groups, bias_grad):
+    grad_w = _empty(weight_shape, x, torch.contiguous_format)
+    return grad_w, (
+        _empty((weight_shape[0],), x, torch.contiguous_format) if bias_grad else _nothing(x)
+    )
+
+
+def _conv2d_setup_context(ctx, inputs, output) -> None:
+    (x, weight, bias, scale, _, stride, padding, dilation, groups, _, activation,
+     negative_slope, save_preact) = inputs  # fmt: skip
+    y, preact = output
+    saved = preact if save_preact else (None if activation == "identity" else y)
+    ctx.save_for_backward(x, weight, scale, saved)
+    ctx.mark_non_differentiable(preact)
+    ctx.has_bias = bias is not None
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.activation = (activation, negative_slope)
+
+
+def _conv2d_backward(ctx, grad_y, _grad_preact):
+    """grad_z once, then dgrad on the scaled weight and wgrad on grad_z (docs/decisions.md,
+    "A scale costs no saved tensor")."""
+    x, weight, scale, saved = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv_args
+    needs = ctx.needs_input_grad
+    grad_z = grad_y
+    if saved is not None:
+        grad_z = activation_backward(grad_y, saved, *ctx.activation)
+    grad_x = grad_w = grad_b = grad_scale = None
+    if needs[0]:
+        scaled_weight = weight if scale is None else weight * scale.view(-1, 1, 1, 1)
+        grad_x = conv2d_input_grad(
+            grad_z, scaled_weight, x.shape, stride, padding, dilation, groups
+        )
+    need_bias_grad = ctx.has_bias and needs[2]
+    need_scale_grad = scale is not None and needs[3]
+    if needs[1] or need_bias_grad or need_scale_grad:
+        raw_grad_w, raw_grad_b = conv2d_weight_grad(
+            grad_z, x, weight.shape, stride, padding, dilation, groups, need_bias_grad
+        )
+        grad_b = raw_grad_b if need_bias_grad else None
+        if need_scale_grad:
+            per_channel = (raw_grad_w.float() * weight.float()).sum(dim=(1, 2, 3))
+            grad_scale = per_channel.to(scale.dtype)
+        if needs[1]:
+            grad_w = raw_grad_w if scale is None else raw_grad_w * scale.view(-1, 1, 1, 1)
+    grad_residual = grad_z if needs[4] else None
+    return grad_x, grad_w, grad_b, grad_scale, grad_residual, *([None] * 8)
+
+
+conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+@custom_op("fastconv::max_pool2d", mutates_args=())
+def max_pool2d(
+    x: Tensor,
+    kernel_size: Ints,
+    stride: Ints,
+    padding: Ints,
+    dilation: Ints,
+    output_size: Ints,
+    store_argmax: bool,
+) -> tuple[Tensor, Tensor]:
+    """(y, argmax): argmax (``r*KW + s`` in the window, int8/16/32) or empty."""
+    from fastconv.kernels import pool2d as kernels
+
+    geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    y, argmax = kernels.max_pool2d_fwd(x, *geometry, tuple(output_size), store_argmax)
+    return y, (argmax if argmax is not None else _nothing(x))
+
+
+@max_pool2d.register_fake
+def _(x, kernel_size, stride, padding, dilation, output_size, store_argmax):
+    from fastconv.kernels.pool2d import _argmax_dtype
+
+    shape = (*x.shape[:2], *output_size)
+    memory_format = memory_format_of(x)
+    y = _empty(shape, x, memory_format)
+    if not store_argmax:
+        return y, _nothing(x)
+    return y, _empty(shape, x, memory_format, _argmax_dtype(tuple(kernel_size)))
+
+
+@custom_op("fastconv::max_pool2d_backward", mutates_args=())
+def max_pool2d_backward(
+    grad_y: Tensor,
+    argmax: Tensor,
+    input_shape: Ints,
+    channels_last: bool,
+    kernel_size: Ints,
+    stride: Ints,
+    padding: Ints,
+    dilation: Ints,
+) -> Tensor:
+    """grad_x (N, C, H, W), channels-last or contiguous, from the compact argmax."""
+    from fastconv.kernels import pool2d as kernels
+
+    geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    layout = (torch.Size(input_shape), _format(channels_last))
+    return kernels.max_pool2d_bwd(grad_y, argmax, *layout, *geometry)
+
+
+@max_pool2d_backward.register_fake
+def _(grad_y, argmax, input_shape, channels_last, kernel_size, stride, padding, dilation):
+    return _empty(input_shape, grad_y, _format(channels_last))
+
+
+def _max_pool2d_setup_context(ctx, inputs, output) -> None:
+    x, kernel_size, stride, padding, dilation, _, _ = inputs
+    _, argmax = output
+    ctx.mark_non_differentiable(argmax)
+    ctx.save_for_backward(argmax)
+    ctx.input_layout = (x.shape, memory_format_of(x) == torch.channels_last)
+    ctx.pool_args = (kernel_size, stride, padding, dilation)
+
+
+def _max_pool2d_backward(ctx, grad_y, _grad_argmax):
+    (argmax,) = ctx.saved_tensors
+    grad_x = max_pool2d_backward(grad_y, argmax, *ctx.input_layout, *ctx.pool_args)
+    return grad_x, *([None] * 6)
+
+
+max_pool2d.register_autograd(_max_pool2d_backward, setup_context=_max_pool2d_setup_context)
+
+
+@custom_op("fastconv::avg_pool2d", mutates_args=())
+def avg_pool2d(
+    x: Tensor,
+    kernel_size: Ints,
+    stride: Ints,
+    padding: Ints,
+    output_size: Ints,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> Tensor:
+    """y (N, C, P, Q) in x's memory format."""
+    from fastconv.kernels import pool2d as kernels
+
+    geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(output_size))
+    return kernels.avg_pool2d_fwd(x, *geometry, count_include_pad, divisor_override)
+
+
+@avg_pool2d.register_fake
+def _(x, kernel_size, stride, padding, output_size, count_include_pad, divisor_override):
+    return _empty((*x.shape[:2], *output_size), x, memory_format_of(x))
+
+
+@custom_op("fastconv::avg_pool2d_backward", mutates_args=())
+def avg_pool2d_backward(
+    grad_y: Tensor,
+    input_shape: Ints,
+    channels_last: bool,
+    kernel_size: Ints,
+    stride: Ints,
+    padding: Ints,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> Tensor:
+    """grad_x (N, C, H, W), channels-last or contiguous."""
+    from fastconv.kernels import pool2d as kernels
+
+    layout = (torch.Size(input_shape), _format(channels_last))
+    geometry = (tuple(kernel_size), tuple(stride), tuple(padding))
+    return kernels.avg_pool2d_bwd(grad_y, *layout, *geometry, count_include_pad, divisor_override)
+
+
+@avg_pool2d_backward.register_fake
+def _(grad_y, input_shape, channels_last, kernel_size, stride, padding, count_include_pad,
+      divisor_override):  # fmt: skip
+    return _empty(input_shape, grad_y, _format(channels_last))
+
+
+def _avg_pool2d_setup_context(ctx, inputs, output) -> None:
+    x, kernel_size, stride, padding, _, count_include_pad, divisor_override = inputs
+    ctx.input_layout = (x.shape, memory_format_of(x) == torch.channels_last)
+    ctx.pool_args = (kernel_size, stride, padding, count_include_pad, divisor_override)
+
+
+def _avg_pool2d_backward(ctx, grad_y):
+    return avg_pool2d_backward(grad_y, *ctx.input_layout, *ctx.pool_args), *([None] * 6)
+
+
+avg_pool2d.register_autograd(_avg_pool2d_backward, setup_context=_avg_pool2d_setup_context)
+
+
+@custom_op("fastconv::adaptive_avg_pool2d", mutates_args=())
+def adaptive_avg_pool2d(x: Tensor, output_size: Ints) -> Tensor:
+    """y (N, C, P, Q) in x's memory format."""
+    from fastconv.kernels import pool2d as kernels
+
+    return kernels.adaptive_avg_pool2d_fwd(x, tuple(output_size))
+
+
+@adaptive_avg_pool2d.register_fake
+def _(x, output_size):
+    return _empty((*x.shape[:2], *output_size), x, memory_format_of(x))
+
+
+@custom_op("fastconv::adaptive_avg_pool2d_backward", mutates_args=())
+def adaptive_avg_pool2d_backward(grad_y: Tensor, input_shape: Ints, channels_last: bool) -> Tensor:
+    """grad_x (N, C, H, W), channels-last or contiguous."""
+    from fastconv.kernels import pool2d as kernels
+
+    return kernels.adaptive_avg_pool2d_bwd(grad_y, torch.Size(input_shape), _format(channels_last))
+
+
+@adaptive_avg_pool2d_backward.register_fake
+def _(grad_y, input_shape, channels_last):
+    return _empty(input_shape, grad_y, _format(channels_last))
+
+
+def _adaptive_setup_context(ctx, inputs, output) -> None:
+    x, _ = inputs
+    ctx.input_layout = (x.shape, memory_format_of(x) == torch.channels_last)
+
+
+def _adaptive_avg_pool2d_backward(ctx, grad_y):
+    return adaptive_avg_pool2d_backward(grad_y, *ctx.input_layout), None
+
+
+adaptive_avg_pool2d.register_autograd(
+    _adaptive_avg_pool2d_backward, setup_context=_adaptive_setup_context
+)

@@ -6,21 +6,20 @@ constructor, ``state_dict`` keys, ``repr`` and existing checkpoints work unchang
 reference as :mod:`fastconv.backend` decides. Options the kernels do not support are refused
 at construction with the argument named.
 
-:func:`convert` turns an existing torch model into a fastconv one: inside an ``nn.Sequential``
-that runs its children in order, a ``Conv2d`` directly followed by ``ReLU`` becomes one fused
-:class:`Conv2dReLU`, and the remaining supported convolution and pooling modules are swapped
-for their fastconv versions.
+:func:`convert` (defined in :mod:`fastconv.fusion`, importable from here) turns an existing
+torch model into a fastconv one.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+import importlib
 
 from torch import Tensor, nn
 
 from fastconv import functional as fcf
 from fastconv.activations import check_activation
+from fastconv.kernels.layout import memory_format_of
+from fastconv.padding import pad2d
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -28,9 +27,9 @@ __all__ = [
     "Conv2d",
     "Conv2dAct",
     "Conv2dReLU",
-    "ConversionReport",
+    "ConversionReport",  # noqa: F822 - lazily from fastconv.report (__getattr__)
     "MaxPool2d",
-    "convert",
+    "convert",  # noqa: F822 - lazily from fastconv.fusion (__getattr__)
 ]
 
 
@@ -40,21 +39,25 @@ __all__ = [
 IntOrPair = int | tuple[int, int]
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
 def _conv_unsupported_reason(padding_mode: str) -> str | None:
     """Why fastconv cannot run a convolution with these options, or None if it can."""
-    if padding_mode != "zeros":
+    if padding_mode not in PADDING_MODES:
         return (
             f"padding_mode={padding_mode!r} is not supported "
-            "(fastconv supports padding_mode='zeros' only)"
+            f"(fastconv supports {', '.join(map(repr, PADDING_MODES))})"
         )
     return None
 
 
 class Conv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` (zero padding, any ``groups``) with the bias fused in the kernel.
+    """:class:`torch.nn.Conv2d` (any ``groups`` and ``padding_mode``) with the bias fused in
+    the kernel.
 
-    Input (N, C, H, W) or (C, H, W); output (N, K, P, Q). Raises ``ValueError`` for a
-    ``padding_mode`` other than ``"zeros"``.
+    Input (N, C, H, W) or (C, H, W); output (N, K, P, Q). A ``padding_mode`` other than
+    ``"zeros"`` pads the input first (:func:`fastconv.padding.pad2d`), as ``nn.Conv2d`` does.
     """
 
     def __init__(
@@ -109,10 +112,24 @@ class Conv2d(nn.Conv2d):
         layer.bias = conv.bias
         return layer.train(conv.training)
 
-    def forward(self, input: Tensor) -> Tensor:
-        return fcf.conv2d(
-            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+    def _conv(self, conv_op, input: Tensor, **kwargs) -> Tensor:
+        """``conv_op(input, weight, bias, stride, padding, dilation, groups, **kwargs)`` as
+        ``nn.Conv2d._conv_forward`` runs it: a ``padding_mode`` other than zeros pads the
+        input with :func:`~fastconv.padding.pad2d` (channels-last on Triton) and convolves
+        with padding 0; the result keeps the input's memory format."""
+        if self.padding_mode == "zeros":
+            return conv_op(
+                input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                self.groups, **kwargs,
+            )  # fmt: skip
+        padded = pad2d(input, self._reversed_padding_repeated_twice, self.padding_mode)
+        y = conv_op(
+            padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups, **kwargs
         )
+        return y.contiguous(memory_format=memory_format_of(input)) if input.dim() == 4 else y
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._conv(fcf.conv2d, input)
 
 
 class Conv2dAct(Conv2d):
@@ -156,8 +173,8 @@ class Conv2dAct(Conv2d):
         return text
 
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
-        return fcf.fused_conv2d(
-            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+        return self._conv(
+            fcf.fused_conv2d, input,
             activation=self.activation, negative_slope=self.negative_slope, residual=residual,
         )  # fmt: skip
 
@@ -170,9 +187,7 @@ class Conv2dReLU(Conv2d):
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        return fcf.conv2d_bias_relu(
-            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
+        return self._conv(fcf.conv2d_bias_relu, input)
 
 
 class MaxPool2d(nn.MaxPool2d):
@@ -245,157 +260,12 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
 
 # --------------------------------------------------------------------------- convert
 
-_FASTCONV_LAYERS = (Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d)
-_REPLACEMENTS = {
-    nn.Conv2d: Conv2d,
-    nn.MaxPool2d: MaxPool2d,
-    nn.AvgPool2d: AvgPool2d,
-    nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
-}
+# convert() and ConversionReport live in fastconv.fusion (which imports this module); they
+# stay importable from here, loaded on first use (PEP 562).
+_MOVED = {"convert": "fastconv.fusion", "ConversionReport": "fastconv.report"}
 
 
-@dataclass
-class ConversionReport:
-    """What :func:`convert` did; each entry is (qualified module name, description).
-
-    ``unfused`` lists Conv2d + ReLU neighbours left as two modules (each converted on its own)
-    because convert cannot prove the ReLU runs right after the convolution.
-    """
-
-    fused: list[tuple[str, str]] = field(default_factory=list)
-    replaced: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    unfused: list[tuple[str, str]] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        header = (
-            f"fastconv.convert: {len(self.fused)} fused, {len(self.replaced)} replaced, "
-            f"{len(self.skipped)} skipped"
-        )
-        if self.unfused:
-            header += f", {len(self.unfused)} not fused"
-        lines = [header]
-        for title, entries in (
-            ("fused", self.fused),
-            ("replaced", self.replaced),
-            ("skipped", self.skipped),
-            ("unfused", self.unfused),
-        ):
-            lines += [f"  {title:8} {name}: {text}" for name, text in entries]
-        return "\n".join(lines)
-
-
-# What nn.Sequential runs its children with: a subclass that overrides any of these may call
-# them in another order, skip one, or do something in between.
-_SEQUENTIAL_CALL_PATH = ("__call__", "_call_impl", "forward", "__iter__")
-# A hook belongs to the module object: a replacement would silently lose it.
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
-
-
-def _order_unknown_reason(sequential: nn.Sequential) -> str | None:
-    """Why the children of ``sequential`` may not run one after the other, or None."""
-    cls = type(sequential)
-    for attr in _SEQUENTIAL_CALL_PATH:
-        if getattr(cls, attr) is not getattr(nn.Sequential, attr):
-            return (
-                f"{cls.__name__} overrides nn.Sequential.{attr}, so the ReLU may not run "
-                "right after the convolution"
-            )
-    return None
-
-
-def _hooks_reason(module: nn.Module) -> str | None:
-    """Why ``module`` must stay the same object (it has hooks), or None."""
-    kinds = [name.strip("_").replace("_", " ") for name in _HOOK_DICTS if getattr(module, name)]
-    if kinds:
-        return f"has {', '.join(kinds)}, which a replacement would lose"
-    return None
-
-
-def _fusable_conv(module: nn.Module) -> bool:
-    """A convolution that a following ReLU can be fused into."""
-    if _hooks_reason(module) is not None:
-        return False
-    if type(module) is nn.Conv2d:
-        return _conv_unsupported_reason(module.padding_mode) is None
-    return type(module) is Conv2d
-
-
-def _replace(module: nn.Module, name: str, report: ConversionReport) -> nn.Module | None:
-    """The fastconv layer for a torch conv/pool ``module``, or None to keep it."""
-    fastconv_class = _REPLACEMENTS.get(type(module))
-    if fastconv_class is not None:
-        reason = _hooks_reason(module)
-        if reason is None and fastconv_class is Conv2d:
-            reason = _conv_unsupported_reason(module.padding_mode)
-        if reason is not None:
-            report.skipped.append((name, f"{module}: {reason}"))
-            return None
-        report.replaced.append((name, f"{module} -> fastconv {fastconv_class.__name__}"))
-        return fastconv_class.from_torch(module)
-    if not isinstance(module, _FASTCONV_LAYERS):
-        base = next((base for base in _REPLACEMENTS if isinstance(module, base)), None)
-        if base is not None:
-            subclass = type(module).__name__
-            report.skipped.append((name, f"{subclass} subclasses nn.{base.__name__}; kept as is"))
-    return None
-
-
-def _convert_children(parent: nn.Module, prefix: str, report: ConversionReport) -> None:
-    """Fuse and replace the children of ``parent`` in place, then recurse into the others."""
-    names = list(parent._modules)
-    # Only an nn.Sequential that runs its children in order makes neighbours consecutive.
-    is_sequential = isinstance(parent, nn.Sequential)
-    order_reason = _order_unknown_reason(parent) if is_sequential else None
-    for index, name in enumerate(names):
-        child = parent._modules[name]
-        if child is None:
-            continue
-        next_name = names[index + 1] if index + 1 < len(names) else None
-        next_child = parent._modules[next_name] if next_name is not None else None
-        if is_sequential and _fusable_conv(child) and type(next_child) is nn.ReLU:
-            reason = order_reason or _hooks_reason(next_child)
-            if reason is None:
-                parent._modules[name] = Conv2dReLU.from_torch(child)
-                parent._modules[next_name] = nn.Identity()
-                report.fused.append(
-                    (prefix + name, f"{child} + ReLU ({prefix}{next_name}) -> fastconv Conv2dReLU")
-                )
-                continue
-            report.unfused.append(
-                (prefix + name, f"{child} + ReLU ({prefix}{next_name}) not fused: {reason}")
-            )
-        if isinstance(child, tuple(_REPLACEMENTS)):
-            replacement = _replace(child, prefix + name, report)
-            if replacement is not None:
-                parent._modules[name] = replacement
-        else:
-            _convert_children(child, f"{prefix}{name}.", report)
-
-
-def convert(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, ConversionReport]:
-    """Swap ``model``'s convolution and pooling modules for fastconv's; return it and a report.
-
-    Walks every submodule. Inside an ``nn.Sequential``, an ``nn.Conv2d`` immediately followed
-    by ``nn.ReLU`` becomes one :class:`Conv2dReLU` and the ReLU's slot becomes ``nn.Identity``,
-    so indices and ``state_dict`` keys stay valid. A subclass of ``nn.Sequential`` that
-    overrides ``forward`` (or ``__iter__``, ``__call__``) may not run its children in order,
-    and a ReLU with hooks must stay itself: such pairs are not fused but converted one by one
-    and listed in ``report.unfused`` with the reason. Other ``nn.Conv2d``, ``nn.MaxPool2d``,
-    ``nn.AvgPool2d`` and ``nn.AdaptiveAvgPool2d`` become the fastconv layers, sharing the
-    parameters (same device and dtype) and training mode. Modules fastconv cannot run
-    (convolutions with ``padding_mode != "zeros"``), modules with hooks
-    (a replacement would lose them; ``weight_norm`` is one) and subclasses of these classes
-    (whose forward may differ) are kept and listed in ``report.skipped`` with the reason.
-    With ``inplace=False`` the model is deep-copied first and left unchanged.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not inplace:
-        model = copy.deepcopy(model)
-    report = ConversionReport()
-    if isinstance(model, tuple(_REPLACEMENTS)):  # the model is a single conv/pool layer
-        replacement = _replace(model, "", report)
-        return (model if replacement is None else replacement), report
-    _convert_children(model, "", report)
-    return model, report
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'fastconv.layers' has no attribute {name!r}")

@@ -19,6 +19,7 @@ Ops (forward -> its backward ops):
   empty tensor -> ``activation_backward``, ``conv2d_input_grad``, ``conv2d_weight_grad``.
 * ``max_pool2d -> (y, argmax)`` -> ``max_pool2d_backward``; ``avg_pool2d`` ->
   ``avg_pool2d_backward``; ``adaptive_avg_pool2d`` -> ``adaptive_avg_pool2d_backward``.
+* ``pad2d`` (reflect, replicate, circular; channels-last result) -> ``pad2d_backward``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ __all__ = [
     "conv2d_weight_grad",
     "max_pool2d",
     "max_pool2d_backward",
+    "pad2d",
+    "pad2d_backward",
 ]
 
 Ints = Sequence[int]
@@ -389,3 +392,59 @@ def _adaptive_avg_pool2d_backward(ctx, grad_y):
 adaptive_avg_pool2d.register_autograd(
     _adaptive_avg_pool2d_backward, setup_context=_adaptive_setup_context
 )
+
+
+# --------------------------------------------------------------------------- padding
+
+
+def _padded_shape(shape: Ints, padding: Ints) -> tuple[int, int, int, int]:
+    left, right, top, bottom = padding
+    n, c, h, w = shape
+    return n, c, h + top + bottom, w + left + right
+
+
+@custom_op("fastconv::pad2d", mutates_args=())
+def pad2d(x: Tensor, padding: Ints, mode: str) -> Tensor:
+    """``F.pad(x, padding, mode)`` for x (N, C, H, W) on the Triton kernel: channels-last.
+
+    An op (``torch.ops.fastconv.pad2d``) with a fake implementation and an autograd formula,
+    so torch.compile and torch.export see it whole; arguments are already validated.
+    """
+    from fastconv.kernels.pad2d import pad2d_fwd
+
+    return pad2d_fwd(x, tuple(padding), mode)
+
+
+@pad2d.register_fake
+def _(x, padding, mode):
+    return _empty(_padded_shape(x.shape, padding), x, torch.channels_last)
+
+
+@custom_op("fastconv::pad2d_backward", mutates_args=())
+def pad2d_backward(
+    grad_y: Tensor, input_shape: Ints, padding: Ints, mode: str, channels_last: bool
+) -> Tensor:
+    """grad_x (N, C, H, W), channels-last or contiguous, from the padded tensor's gradient."""
+    from fastconv.kernels.pad2d import pad2d_bwd
+
+    return pad2d_bwd(grad_y, tuple(input_shape), tuple(padding), mode, _format(channels_last))
+
+
+@pad2d_backward.register_fake
+def _(grad_y, input_shape, padding, mode, channels_last):
+    return _empty(input_shape, grad_y, _format(channels_last))
+
+
+def _pad2d_setup_context(ctx, inputs, output) -> None:
+    x, padding, mode = inputs
+    ctx.input_layout = (x.shape, memory_format_of(x) == torch.channels_last)
+    ctx.pad_args = (padding, mode)
+
+
+def _pad2d_backward(ctx, grad_y):
+    input_shape, channels_last = ctx.input_layout
+    padding, mode = ctx.pad_args
+    return pad2d_backward(grad_y, input_shape, padding, mode, channels_last), None, None
+
+
+pad2d.register_autograd(_pad2d_backward, setup_context=_pad2d_setup_context)

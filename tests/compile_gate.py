@@ -60,18 +60,21 @@ REGISTER_ALLOCATION_UNIT = 256  # registers per warp are allocated in units of 2
 SHARED_RESERVED_PER_BLOCK = 1024  # the driver reserves 1 KB of shared memory per block
 DTYPES = ("fp32", "tf32", "fp16", "bf16")
 LAYOUTS = ("nchw", "nhwc")
-OPS = ("conv_fwd", "conv_dgrad", "conv_wgrad", "pool_fwd", "pool_bwd")
+OPS = ("conv_fwd", "conv_fwd_fused", "conv_dgrad", "conv_wgrad", "pool_fwd", "pool_bwd", "act_bwd")
+OPS += ("pad_fwd", "pad_bwd")  # reflect/replicate/circular padding (kernels/pad2d.py)
 
 
 def groups() -> list[tuple[str, str, str, int]]:
-    """Every (op, layout, dtype, target) the gate covers; ``tf32`` is conv-only."""
+    """Every (op, layout, dtype, target) the gate covers; ``tf32`` is conv-only. ``conv_fwd_fused``
+    is the forward with the heaviest epilogue (:data:`FUSED_EPILOGUE`), ``act_bwd`` the
+    activation backward."""
     return [
         (op, layout, dtype, cc)
         for op in OPS
         for layout in LAYOUTS
         for dtype in DTYPES
         for cc in TARGETS
-        if not (op.startswith("pool") and dtype == "tf32")
+        if op.startswith("conv") or dtype != "tf32"
     ]
 
 
@@ -172,6 +175,7 @@ def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
     import torch
 
     from fastconv.kernels import conv2d
+    from fastconv.kernels.epilogue import RELU, Epilogue
 
     dtype = getattr(torch, TORCH_DTYPES[dtype_name])
     p, q = shape.output_hw
@@ -183,22 +187,30 @@ def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
     grad_y = _tensor((shape.n, shape.k, p, q), dtype, layout, "meta")
     geometry = (shape.stride, shape.padding, shape.dilation)
     groups = shape.groups
+    fused = Epilogue(  # a BatchNorm folded to (scale, bias), a skip connection, erf GELU
+        FUSED_ACTIVATION,
+        scale=torch.empty(shape.k, dtype=dtype, device="meta"),
+        residual=grad_y,
+        save_preact=True,
+    )
+    calls = [("conv_fwd", lambda: conv2d.conv2d_fwd(x, w, b, *geometry, (p, q), RELU, groups))]
+    if shape.name in FUSED_GATE_SHAPES:
+        calls.append(
+            ("conv_fwd_fused", lambda: conv2d.conv2d_fwd(x, w, b, *geometry, (p, q), fused, groups))
+        )
+    calls += [
+        ("conv_dgrad", lambda: conv2d.conv2d_bwd_input(grad_y, w, x.shape, *geometry, groups)),
+        (
+            "conv_wgrad",
+            lambda: conv2d.conv2d_bwd_weight(grad_y, x, w.shape, *geometry, True, groups),
+        ),
+    ]
     out = []
     # fp32 runs ieee dots unless tf32 is allowed, exactly as the launchers decide. Each call
     # is captured twice: as on an sm_90 device (where the TMA kernel applies, it runs) and as
     # on an sm_80 device (no TMA).
     with _tf32(dtype_name != "fp32"):
-        for op, call in (
-            ("conv_fwd", lambda: conv2d.conv2d_fwd(x, w, b, *geometry, (p, q), True, groups)),
-            (
-                "conv_dgrad",
-                lambda: conv2d.conv2d_bwd_input(grad_y, w, x.shape, *geometry, groups),
-            ),
-            (
-                "conv_wgrad",
-                lambda: conv2d.conv2d_bwd_weight(grad_y, x, w.shape, *geometry, True, groups),
-            ),
-        ):
+        for op, call in calls:
             for targets, tma in (((90,), True), ((80,), False)):
                 with _tma_device(tma), intercept_launches(targets) as records:
                     call()
@@ -266,6 +278,36 @@ def _pool_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
     return out
 
 
+def _activation_launches(layout: str, dtype_name: str) -> list[tuple[str, Launch]]:
+    """The activation backward (one elementwise kernel per activation) on a 64-channel 56x56
+    output; the kernel is flat, so both layouts give the same cubin."""
+    import torch
+
+    from fastconv.activations import ACTIVATIONS
+    from fastconv.kernels.epilogue import activation_bwd
+
+    dtype = getattr(torch, TORCH_DTYPES[dtype_name])
+    grad_y = _tensor((8, 64, 56, 56), dtype, layout, "meta")
+    saved = _tensor((8, 64, 56, 56), dtype, layout, "meta")
+    out = []
+    for activation in ACTIVATIONS[1:]:  # all but identity, which has no backward kernel
+        with intercept_launches() as records:
+            activation_bwd(grad_y, saved, activation, 0.01)
+        out += [("act_bwd", record) for record in records]
+    return out
+
+
+# The forward with every epilogue operand: erf GELU is the longest activation.
+FUSED_ACTIVATION = "gelu"
+# Shapes whose forward is also compiled with that epilogue: one per forward kernel (stem,
+# implicit GEMM and TMA, 1x1, depthwise).
+FUSED_GATE_SHAPES = (
+    "catdog64-features.0",
+    "resnet-3x3-64@56",
+    "resnet-1x1-256to64@56",
+    "mobilenet-dw-3x3-144@56",
+)
+
 # The shapes compiled by default (``--shapes gate``): one per specialization class of the
 # benchmark list. ``--shapes all`` takes every benchmark shape (deduplicated the same way).
 GATE_CONV_SHAPES = (
@@ -284,6 +326,40 @@ GATE_POOL_SHAPES = (
     "densenet-avg2x2@56",  # avg 2x2 s2
     "resnet-global-avg@7",  # adaptive avg 7x7 -> 1
 )
+
+
+# Padding modes (``padding_mode`` of a convolution): name -> ((N, C, H, W), (left, right,
+# top, bottom), mode). One shape per mode (the mode is a constexpr): a ResNet layer, an RGB
+# image padded for a 7x7 stem.
+PAD_GATE_SHAPES = {
+    "pad-reflect1-64@56": ((8, 64, 56, 56), (1, 1, 1, 1), "reflect"),
+    "pad-circular1-64@56": ((8, 64, 56, 56), (1, 1, 1, 1), "circular"),
+    "pad-replicate3-3@224": ((8, 3, 224, 224), (3, 3, 3, 3), "replicate"),
+}
+
+
+def _pad_launches(shape, padding, mode, layout: str, dtype_name: str) -> list[tuple[str, Launch]]:
+    """The pad forward (x in ``layout`` -> channels-last) and backward (grad_y and grad_x in
+    ``layout``, as a convolution's input gradient hands it over)."""
+    import torch
+
+    from fastconv.kernels import pad2d
+
+    dtype = getattr(torch, TORCH_DTYPES[dtype_name])
+    memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    n, c, h, w = shape
+    left, right, top, bottom = padding
+    x = _tensor(shape, dtype, layout, "meta")
+    grad_y = _tensor((n, c, h + top + bottom, w + left + right), dtype, layout, "meta")
+    out = []
+    for op, call in (
+        ("pad_fwd", lambda: pad2d.pad2d_fwd(x, padding, mode)),
+        ("pad_bwd", lambda: pad2d.pad2d_bwd(grad_y, shape, padding, mode, memory_format)),
+    ):
+        with intercept_launches() as records:
+            call()
+        out += [(op, record) for record in records]
+    return out
 
 
 def _select(shapes, names):
@@ -313,10 +389,19 @@ def capture(which: str = "gate") -> list[tuple[str, str, str, str, Launch]]:
                 ]
             if dtype == "tf32":
                 continue
+            out += [
+                (op, layout, dtype, "activation-64@56", r)
+                for op, r in _activation_launches(layout, dtype)
+            ]
             for shape in pool:
                 out += [
                     (op, layout, dtype, shape.name, r)
                     for op, r in _pool_launches(shape, layout, dtype)
+                ]
+            for name, (shape, padding, mode) in PAD_GATE_SHAPES.items():
+                out += [
+                    (op, layout, dtype, name, r)
+                    for op, r in _pad_launches(shape, padding, mode, layout, dtype)
                 ]
     return out
 

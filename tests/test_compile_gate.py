@@ -41,7 +41,7 @@ GATE_TIMEOUT_S = 1800  # about 7 minutes on 2 idle cores; generous for busy CI r
 # Set to a path: the gate's report is written there (and kept), or read from there if it
 # exists, so the assertions can be re-run on a report without compiling again.
 REPORT_ENV = "FASTCONV_GATE_REPORT"
-CONV_OPS = ("conv_fwd", "conv_dgrad", "conv_wgrad")
+CONV_OPS = ("conv_fwd", "conv_fwd_fused", "conv_dgrad", "conv_wgrad")
 
 # (check, group id) -> (reason, config tags it is limited to, or None for the whole group).
 # A kernel that cannot pass a check yet is listed here with the issue that fixes it, as a
@@ -61,12 +61,18 @@ KNOWN_FAILURES: dict[tuple[str, str], tuple[str, tuple[str, ...] | None]] = {
 }
 # Direct (non-GEMM) kernels: memory-bound, no tensor cores; their loads must be 16-byte
 # vectors instead (checked by ``vector_loads``).
-DIRECT_KERNELS = ("_depthwise_fwd_kernel", "_depthwise_dgrad_kernel", "_depthwise_wgrad_kernel")
+DIRECT_KERNELS = (
+    "_depthwise_fwd_kernel",
+    "_depthwise_dgrad_kernel",
+    "_depthwise_wgrad_kernel",
+    "_activation_bwd_kernel",
+)
 GEMM_CHECKS = ("tensor_cores", "async_copies", "no_sync_loads")
 
 
 def _checks(op: str, dtype: str) -> list[str]:
-    checks = ["shared", "no_spills"] + (["vector_loads"] if op in CONV_OPS else [])
+    vector_ops = (*CONV_OPS, "act_bwd")
+    checks = ["shared", "no_spills"] + (["vector_loads"] if op in vector_ops else [])
     if op in CONV_OPS and dtype != "fp32":
         checks.append("tensor_cores")
     if op in CONV_OPS and dtype in ("fp16", "bf16"):
@@ -188,3 +194,42 @@ def test_static_check(gate_report, check, gid, subset):
         for v in _violations(check, e)
     ]
     assert not failures, f"{check} fails for {gid}:\n" + "\n".join(failures)
+
+
+# Padding kernels (ops pad_fwd, pad_bwd; kernels/pad2d.py): a copy and a gather, checked for
+# shared memory and spills like every kernel, and here for their load widths where rows are
+# 16-byte vectors. Read along the channels (channels_last, 64 channels), every global load
+# must be one. The NCHW forward reads W-vectors in its interior blocks and gathers the
+# mirrored border columns element by element; the NCHW backward reads padded rows of W + 2
+# elements (58 at 56x56), never 16-byte aligned, so it is not listed. 3-channel rows (6
+# bytes) cannot be vectors.
+PAD_VECTOR_LOADS = {
+    ("pad_fwd", "nhwc"): "all",
+    ("pad_bwd", "nhwc"): "all",
+    ("pad_fwd", "nchw"): "some",
+}
+
+
+@pytest.mark.parametrize(("op", "layout"), PAD_VECTOR_LOADS, ids=map("-".join, PAD_VECTOR_LOADS))
+def test_pad_loads_are_vectors(gate_report, op, layout):
+    shapes = compile_gate.PAD_GATE_SHAPES
+    vector_rows = {name for name, (shape, _, _) in shapes.items() if shape[1] % 8 == 0}
+    entries = [
+        e
+        for e in gate_report["entries"]
+        if e["op"] == op and e["layout"] == layout and set(e["shapes"]) <= vector_rows
+    ]
+    assert entries, f"the gate compiled no {op} {layout} kernel of vector rows"
+    expected = PAD_VECTOR_LOADS[op, layout]
+    failures = [
+        f"{e['dtype']} sm_{e['target']} {e['config_tag']} ({', '.join(e['shapes'])}): "
+        f"load widths {e['kernel_sass']['ldg_widths']}"
+        for e in entries
+        if "error" not in e
+        and not (
+            e["kernel_sass"]["ldg_widths"] == [128]
+            if expected == "all"
+            else 128 in e["kernel_sass"]["ldg_widths"]
+        )
+    ]
+    assert not failures, "\n".join(failures)

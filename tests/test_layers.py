@@ -118,12 +118,6 @@ def test_model_checkpoints_load_both_ways():
         assert torch.equal(reloaded.state_dict()[key], tensor)
 
 
-@pytest.mark.parametrize("cls", [layers.Conv2d, layers.Conv2dReLU])
-def test_conv_rejects_padding_mode(cls):
-    with pytest.raises(ValueError, match=r"padding_mode='reflect' is not supported.*'zeros' only"):
-        cls(4, 4, 3, padding=1, padding_mode="reflect")
-
-
 @pytest.mark.parametrize(
     ("c", "k", "groups"), [(4, 6, 2), (6, 6, 6), (3, 6, 3)], ids=["grouped", "depthwise", "x2"]
 )
@@ -352,29 +346,3 @@ def test_conv2d_relu_from_torch_applies_relu(device, triton_backend, record_aten
 
 
 # Options the kernels do not run: from_torch refuses them (convert leaves them to torch).
-UNSUPPORTED_CONVS = {
-    "reflect": (
-        lambda: nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
-        ValueError,
-        "padding_mode='reflect'",
-    ),
-    "replicate": (
-        lambda: nn.Conv2d(4, 4, 3, padding=1, padding_mode="replicate"),
-        ValueError,
-        "padding_mode='replicate'",
-    ),
-    "circular": (
-        lambda: nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
-        ValueError,
-        "padding_mode='circular'",
-    ),
-}
-
-
-@pytest.mark.parametrize(
-    ("make_conv", "error", "message"), UNSUPPORTED_CONVS.values(), ids=list(UNSUPPORTED_CONVS)
-)
-@pytest.mark.parametrize("cls", [layers.Conv2d, layers.Conv2dReLU])
-def test_from_torch_refuses_unsupported_conv(cls, make_conv, error, message):
-    with pytest.raises(error, match=f"{message} is not supported"):
-        cls.from_torch(make_conv())

@@ -77,6 +77,12 @@ def _opcheck_cases():
             (_t(2, 4, 3, 3, grad=False), [2, 4, 6, 6], True, [3, 3], [2, 2], [1, 1], False, 4),
         ),
         ("adaptive_avg_pool2d", ops.adaptive_avg_pool2d, (_t(2, 4, 5, 7), [2, 3])),
+        ("pad2d", ops.pad2d, (_t(2, 3, 5, 6), [2, 1, 0, 3], "reflect")),
+        (
+            "pad2d_backward",
+            ops.pad2d_backward,
+            (_t(2, 3, 8, 9, grad=False), [2, 3, 5, 6], [2, 1, 0, 3], "replicate", True),
+        ),
         (
             "adaptive_avg_pool2d_backward",
             ops.adaptive_avg_pool2d_backward,

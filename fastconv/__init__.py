@@ -1,8 +1,9 @@
-"""fastconv: fused conv2d + bias + ReLU and 2D pooling as Triton kernels, with drop-in layers.
+"""fastconv: fused conv2d + epilogue and 2D pooling as Triton kernels, with drop-in layers.
 
-``fastconv.functional`` holds the ops, ``fastconv.layers`` the ``nn.Module``s and
-``convert(model)``, ``fastconv.backend`` the choice between the Triton kernels and the
-torch reference. Submodules are imported on first attribute access (PEP 562), so that
+``fastconv.functional`` holds the ops' user API, ``fastconv.layers`` the ``nn.Module``s,
+``fastconv.fusion`` ``convert(model)``, ``fastconv.ops`` the ``torch.ops.fastconv``
+registrations and ``fastconv.backend`` the choice between the Triton kernels and the torch
+reference. Submodules are imported on first attribute access (PEP 562), so that
 ``import fastconv`` and the command-line tools' ``--help`` do not pay for importing torch.
 """
 
@@ -16,7 +17,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-_SUBMODULES = ("backend", "functional", "layers")
+_SUBMODULES = ("activations", "backend", "functional", "fusion", "layers", "ops", "padding")
 __all__ = ["__version__", *_SUBMODULES]
 
 

@@ -9,6 +9,7 @@ dots are wrong there, see conftest), all three dtypes for pooling.
 
 import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
@@ -106,7 +107,7 @@ def drop_wgrad_partial_sums(monkeypatch, split: int, kept: list[int]) -> None:
     def broken(grad_y, x, weight_shape, *args, **kwargs):
         n, _, p, q = grad_y.shape
         rows_per_split, programs = conv2d_kernels.wgrad_partition(
-            n * p * q, weight_shape.numel(), split
+            n * p * q, math.prod(weight_shape), split
         )
         assert programs == split
         keep = torch.zeros(n * p * q, dtype=grad_y.dtype, device=grad_y.device)

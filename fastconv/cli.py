@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKEND_CHOICES",
+    "EXIT_INTERRUPTED",
     "EXIT_USAGE",
     "CLIError",
     "Parser",
@@ -40,6 +41,7 @@ __all__ = [
 # fastconv.backend.BACKENDS, spelled out because fastconv.backend imports torch (a test checks).
 BACKEND_CHOICES = ("auto", "triton", "torch")
 EXIT_USAGE = 2  # argparse's status for a bad command line; also ours for any user error
+EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C
 
 
 class CLIError(Exception):

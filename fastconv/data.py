@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -51,6 +52,7 @@ __all__ = [
     "ImageList",
     "decode_images",
     "find_images",
+    "label_from_name",
     "list_image_files",
     "load_image",
     "load_or_build_cache",
@@ -113,14 +115,20 @@ def list_image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def label_from_name(name: str) -> int | None:
+    """The label a Kaggle file name carries (``cat.12.jpg`` -> 0, ``Dog.3.png`` -> 1), or None."""
+    match = KAGGLE_NAME.match(name)
+    return CLASS_FOLDER_NAMES[match.group(1).lower()] if match else None
+
+
 def _kaggle_layout(folder: Path) -> tuple[list[Path], list[int]] | None:
     """``cat.<n>.jpg`` / ``dog.<n>.jpg`` files directly in ``folder``."""
     paths, labels = [], []
     for path in list_image_files(folder):
-        match = KAGGLE_NAME.match(path.name)
-        if match:
+        label = label_from_name(path.name)
+        if label is not None:
             paths.append(path)
-            labels.append(CLASS_FOLDER_NAMES[match.group(1).lower()])
+            labels.append(label)
     return (paths, labels) if paths else None
 
 
@@ -269,6 +277,11 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
         raise BadImageError(f"{path}: {reason}") from exc
 
 
+def _ignore_ctrl_c() -> None:
+    """Decoding processes leave Ctrl-C to the main process, which stops them (no tracebacks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _decode(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
     path, size = args
     try:
@@ -283,16 +296,22 @@ def decode_images(
     """``(array, None)`` or ``(None, reason)`` for each path, in order, with a progress bar.
 
     ``workers`` > 0 decodes in that many processes (at most one per file); 0 decodes in this
-    one.
+    one. Stopping early (Ctrl-C, or the caller closing the generator) cancels the images not
+    decoded yet.
     """
     jobs = [(str(p), size) for p in paths]
     bar = tqdm(total=len(jobs), desc=desc, unit="img", dynamic_ncols=True)
     try:
         if workers > 0 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            pool = ProcessPoolExecutor(
+                max_workers=min(workers, len(jobs)), initializer=_ignore_ctrl_c
+            )
+            try:
                 for result in pool.map(_decode, jobs, chunksize=32):
                     bar.update()
                     yield result
+            finally:
+                pool.shutdown(cancel_futures=True)
         else:
             for job in jobs:
                 bar.update()

@@ -2,8 +2,11 @@
 
 Image files get a line each on stdout: the path, the class and P(dog). A folder (such as
 Kaggle's ``test1/``) becomes a submission CSV ``id,label`` with label = P(dog) clipped to
-[0.005, 0.995] and ids sorted numerically. Unreadable files are skipped, each named on its
-own warning line, and counted; when no image at all can be read the run fails.
+[0.005, 0.995] and ids sorted numerically. Folder images whose names carry their class
+(Kaggle's ``cat.N.jpg`` / ``dog.N.jpg``, as in ``train/``) are also scored: the accuracy and
+the confusion matrix follow on stdout, with how many images were scored. Unreadable files are
+skipped, each named on its own warning line, and counted; when no image at all can be read
+the run fails. Ctrl-C stops at once with one line and exit status 130 (no CSV is written).
 
 Every problem a user can cause (a bad flag, a missing GPU, a file that is not a usable
 checkpoint, a bad ``$FASTCONV_BACKEND``, inputs with no readable image) ends the run with
@@ -14,6 +17,7 @@ standard library is imported before the arguments are parsed, so ``--help`` is i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from fastconv.cli import (
     BACKEND_CHOICES,
+    EXIT_INTERRUPTED,
     CLIError,
     Parser,
     backend_source,
@@ -37,7 +42,14 @@ from fastconv.cli import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Prediction", "build_parser", "load_model", "main", "predict_dog_probabilities"]
+__all__ = [
+    "Prediction",
+    "build_parser",
+    "load_model",
+    "main",
+    "predict_dog_probabilities",
+    "score_report",
+]
 
 CLIP = (0.005, 0.995)  # bounds the log loss of a confident mistake
 DEFAULT_OUT = "submission.csv"
@@ -271,14 +283,15 @@ def predict_dog_probabilities(
         batch.clear()
         return results
 
-    decoded = decode_images(paths, img_size, workers, desc="predicting")
-    for i, (array, error) in enumerate(decoded):
-        if array is None:
-            yield Prediction(i, paths[i], None, error)
-            continue
-        batch.append((i, array))
-        if len(batch) == batch_size:
-            yield from flush()
+    # closing: when this generator is closed, the decoding stops (and its bar closes) at once
+    with contextlib.closing(decode_images(paths, img_size, workers, desc="predicting")) as decoded:
+        for i, (array, error) in enumerate(decoded):
+            if array is None:
+                yield Prediction(i, paths[i], None, error)
+                continue
+            batch.append((i, array))
+            if len(batch) == batch_size:
+                yield from flush()
     if batch:
         yield from flush()
 
@@ -301,6 +314,33 @@ def write_submission(rows: list[tuple[int | str, float]], out: Path) -> None:
             writer.writerow([image_id, f"{min(max(p, CLIP[0]), CLIP[1]):.6f}"])
 
 
+def score_report(pairs: Sequence[tuple[int, int]], predicted: int) -> str:
+    """The accuracy and confusion matrix of (true, predicted) label ``pairs``, as a table.
+
+    ``predicted``: how many folder images were predicted, scored or not (the first line says
+    how many of them carried a label in their name).
+    """
+    from fastconv.data import CLASS_NAMES
+
+    matrix = [[0] * len(CLASS_NAMES) for _ in CLASS_NAMES]
+    for true, guess in pairs:
+        matrix[true][guess] += 1
+    right = sum(matrix[i][i] for i in range(len(CLASS_NAMES)))
+    corner = "true \\ predicted"
+    width = 2 + max(
+        len(text) for text in [*CLASS_NAMES, *(f"{n:,}" for row in matrix for n in row)]
+    )
+    lines = [
+        f"scored {len(pairs):,} of {predicted:,} folder images, those named cat.* / dog.* "
+        f"({predicted - len(pairs):,} without a label in the name)",
+        f"accuracy {100 * right / len(pairs):.2f}% ({right:,} right)",
+        corner + "".join(f"{name:>{width}}" for name in CLASS_NAMES),
+    ]
+    for name, row in zip(CLASS_NAMES, matrix, strict=True):
+        lines.append(f"{name:<{len(corner)}}" + "".join(f"{count:>{width},}" for count in row))
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     requested, resolved = resolve_backend_choice(args.backend, device)
@@ -317,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fastconv.backend import use_backend
+    from fastconv.data import CLASS_NAMES, label_from_name
 
     class_names = checkpoint["class_names"]
     dog_index = class_names.index("dog")
@@ -325,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
     paths = [entry.path for entry in inputs]
     rows: list[tuple[int | str, float]] = []
     row_indices: list[int] = []
+    scored: list[tuple[int, int]] = []  # (true, predicted) labels of folder images named so
     skipped: list[str] = []
     with use_backend(requested):
         predictions = predict_dog_probabilities(
@@ -350,10 +392,16 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     rows.append((submission_id(result.path), result.p_dog))
                     row_indices.append(result.index)
+                    true = label_from_name(result.path.name)
+                    if true is not None:
+                        guess = CLASS_NAMES.index("dog" if result.p_dog >= 0.5 else "cat")
+                        scored.append((true, guess))
         except torch.OutOfMemoryError:
             raise CLIError(
                 f"out of memory on {device} at --batch-size {args.batch_size}; try a smaller one"
             ) from None
+        finally:
+            predictions.close()  # on Ctrl-C: stop decoding and close its progress bar now
 
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s)", file=sys.stderr)
@@ -374,12 +422,18 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CLIError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
         print(f"wrote {out} ({len(rows)} images)")
+        if scored:
+            print(score_report(scored, len(rows)))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return exit_on_cli_error(lambda: run(args))
+    try:
+        return exit_on_cli_error(lambda: run(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fastconv.cli import (
     BACKEND_CHOICES,
+    EXIT_INTERRUPTED,
     CLIError,
     Parser,
     exit_on_cli_error,
@@ -30,7 +31,7 @@ from fastconv.cli import (
     float_at_least,
     int_at_least,
 )
-from fastconv.models import MODELS, min_input_size
+from fastconv.models import MODELS, halvings, min_input_size
 
 __all__ = [
     "AMP_CHOICES",
@@ -47,7 +48,6 @@ AMP_CHOICES = ("off", "fp16", "bf16")
 # length, never what a step computes. Every other flag comes from the checkpoint; given again
 # on --resume it must repeat the checkpoint's value.
 RESUME_MAY_CHANGE = ("resume", "epochs", "device", "workers", "backend", "out", "save_every")
-EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C
 SEED_LIMIT = 2**63
 
 EPILOG = """\
@@ -110,10 +110,17 @@ def build_parser(defaults: bool = True) -> Parser:
         "--img-size",
         64,
         type=int_at_least(1),
-        help="training resolution in pixels (square); at least 2**stages of --model "
+        help="training resolution in pixels (square); at least the smallest size --model takes "
         f"({', '.join(f'{name}: {min_input_size(name)}' for name in MODELS)})",
     )
-    add("--model", "catdog", choices=tuple(MODELS), help="network from fastconv.models")
+    add(
+        "--model",
+        "catdog",
+        choices=MODELS,
+        help="network from fastconv.models: catdog* are the project's VGG-style nets; resnet18 "
+        "is torchvision's (random init, 3x3 stride-1 stem, no max pool) converted to fastconv "
+        "layers, to compare against",
+    )
     add("--amp", "off", choices=AMP_CHOICES, help="mixed precision autocast dtype")
     add(
         "--channels-last",
@@ -188,13 +195,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
 
 
 def check_img_size(args: argparse.Namespace) -> None:
-    """``--img-size`` must survive every 2x2 pooling of ``--model``: a CLIError names it."""
+    """``--img-size`` must survive every halving of ``--model``: a CLIError names it."""
     smallest = min_input_size(args.model)
     if args.img_size < smallest:
-        stages = len(MODELS[args.model])
         raise CLIError(
-            f"--img-size {args.img_size} is too small for --model {args.model}: its {stages} "
-            f"stages each halve the image, so it needs at least {smallest} px"
+            f"--img-size {args.img_size} is too small for --model {args.model}: it halves the "
+            f"image {halvings(args.model)} times, so it needs at least {smallest} px"
         )
 
 

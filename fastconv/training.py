@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -92,9 +93,12 @@ HISTORY_FIELDS = (
     "val_acc",
     "lr",
     "images_per_s",
+    "data_wait_s",
+    "step_s",
     "seconds",
 )
-WALL_CLOCK_FIELDS = ("images_per_s", "seconds")  # the only fields a resume may change
+# The only fields a resume may change.
+WALL_CLOCK_FIELDS = ("images_per_s", "data_wait_s", "step_s", "seconds")
 CHECKPOINT_FORMAT = 2  # "resume_format" of the checkpoints this module writes and resumes
 RESUME_KEYS = (
     "resume_format",
@@ -462,6 +466,34 @@ class EpochSums:
         )
 
 
+@dataclass
+class LoaderTimes:
+    """Where an epoch's training time went on this process, in seconds: blocked on the
+    DataLoader for the next batch (``data_wait``, starting its workers included) or between
+    receiving a batch and asking for the next one (``step``)."""
+
+    data_wait: float = 0.0
+    step: float = 0.0
+
+    def batches(self, loader: Iterable) -> Iterator:
+        """``loader``'s batches, timing the wait for each and the step that uses it."""
+        clock = time.perf_counter
+        asked = clock()
+        for batch in loader:  # iter(loader), which starts the workers, counts as waiting
+            received = clock()
+            self.data_wait += received - asked
+            yield batch
+            asked = clock()
+            self.step += asked - received
+        self.data_wait += clock() - asked  # the loader telling it has no batch left
+
+    @property
+    def wait_share(self) -> float:
+        """The share of the training time spent waiting for data."""
+        total = self.data_wait + self.step
+        return self.data_wait / total if total else 0.0
+
+
 class ProgressBar(tqdm):
     """A tqdm bar whose postfix is computed only when the bar is redrawn.
 
@@ -614,8 +646,9 @@ class Trainer:
 
     def train_epoch(
         self, epoch: int, loader: DataLoader, skip: int, stop: StopSignals, save: LastCheckpoint
-    ) -> None:
-        """Train epoch ``epoch`` from step ``skip`` on, adding to :attr:`sums`.
+    ) -> LoaderTimes:
+        """Train epoch ``epoch`` from step ``skip`` on, adding to :attr:`sums`; returns the
+        time spent waiting for batches and in the steps.
 
         After every step: stop (raise :class:`_Stop`) if asked to, and ``save()`` last.pt
         when ``--save-every`` says it is due.
@@ -634,8 +667,9 @@ class Trainer:
             postfix_fn=self._postfix,
         )
         self.position = (epoch, skip)
+        times = LoaderTimes()
         try:
-            for step, (images, labels) in enumerate(loader, start=skip):
+            for step, (images, labels) in enumerate(times.batches(loader), start=skip):
                 self.seed_step(epoch, step)
                 images = images.to(proc.device, non_blocking=True)
                 labels = labels.to(proc.device, non_blocking=True)
@@ -664,6 +698,7 @@ class Trainer:
                     save()
         finally:
             bar.close()
+        return times
 
     def record(self, row: dict, confusion: list[list[int]]) -> bool:
         """Append an epoch's history row; True if its validation accuracy is the best yet."""
@@ -803,7 +838,7 @@ def _train(args: argparse.Namespace, proc: Process, resumed: dict | None) -> int
                     **loader_options,
                 )
                 seen_before = trainer.sums.seen
-                trainer.train_epoch(epoch, loader, skip, stop, save_last)
+                times = trainer.train_epoch(epoch, loader, skip, stop, save_last)
                 train_seconds = time.perf_counter() - started
                 trained_here = (trainer.sums.seen - seen_before) * proc.world_size
                 loss_sum, correct, seen = trainer.sums.totals(proc)
@@ -816,6 +851,8 @@ def _train(args: argparse.Namespace, proc: Process, resumed: dict | None) -> int
                     "val_acc": val_acc,
                     "lr": trainer.scheduler.get_last_lr()[0],
                     "images_per_s": trained_here / train_seconds,
+                    "data_wait_s": times.data_wait,
+                    "step_s": times.step,
                     "seconds": time.perf_counter() - started,
                 }
                 is_best = trainer.record(row, confusion)
@@ -823,7 +860,8 @@ def _train(args: argparse.Namespace, proc: Process, resumed: dict | None) -> int
                     proc,
                     f"epoch {epoch + 1}/{args.epochs}  train loss {row['train_loss']:.4f} "
                     f"acc {100 * row['train_acc']:.1f}%  val loss {val_loss:.4f} "
-                    f"acc {100 * val_acc:.1f}%  {row['images_per_s']:.0f} img/s  "
+                    f"acc {100 * val_acc:.1f}%  {row['images_per_s']:.0f} img/s  data wait "
+                    f"{times.data_wait:.1f} s ({100 * times.wait_share:.0f}%)  "
                     f"{row['seconds']:.1f} s" + ("  (best)" if is_best else ""),
                 )
                 if proc.is_main:

@@ -2,8 +2,8 @@
 
 Importing this package does not import torch: the model names and their shapes below are
 plain data, so that ``python -m fastconv.train --help`` can list them at once. The network
-code (:mod:`fastconv.models.catdog`) is imported by :func:`build_model` and on first access
-to ``fastconv.models.CatDogNet``.
+code (:mod:`fastconv.models.catdog`, :mod:`fastconv.models.resnet`) is imported by
+:func:`build_model` and on first access to ``fastconv.models.CatDogNet``.
 """
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["MODELS", "CatDogNet", "build_model", "min_input_size"]
+__all__ = ["MODELS", "CatDogNet", "build_model", "halvings", "min_input_size"]
 
-# name -> channels per stage; every stage is two fused 3x3 conv-ReLU + BatchNorm, then a pool.
-MODELS = {
+# name -> channels per stage of a CatDogNet; every stage is two fused 3x3 conv-ReLU +
+# BatchNorm, then a 2x2 max pool.
+CATDOG_WIDTHS = {
     "catdog": (32, 64, 128, 256),
     "catdog-small": (16, 32, 64, 128),
     "catdog-large": (64, 128, 256, 512),
 }
+# torchvision ResNets with a 3x3 stride-1 stem and no max pool, converted to fastconv layers
+# (fastconv.models.resnet): name -> how many times they halve H and W (three strided stages).
+RESNETS = {"resnet18": 3}
+MODELS = (*CATDOG_WIDTHS, *RESNETS)  # every name build_model takes
 
 
 def _check_name(name: str) -> None:
@@ -28,18 +33,27 @@ def _check_name(name: str) -> None:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
 
 
-def min_input_size(name: str) -> int:
-    """The smallest square input (pixels) model ``name`` takes: each stage halves H and W."""
+def halvings(name: str) -> int:
+    """How many times model ``name`` halves the height and width of its input."""
     _check_name(name)
-    return 2 ** len(MODELS[name])
+    return RESNETS[name] if name in RESNETS else len(CATDOG_WIDTHS[name])
+
+
+def min_input_size(name: str) -> int:
+    """The smallest square input (pixels) model ``name`` takes: 2 ** :func:`halvings`."""
+    return 2 ** halvings(name)
 
 
 def build_model(name: str = "catdog", num_classes: int = 2) -> nn.Module:
-    """A freshly initialised model from :data:`MODELS`."""
+    """A freshly initialised model named in :data:`MODELS`."""
     _check_name(name)
+    if name in RESNETS:
+        from fastconv.models.resnet import build_resnet
+
+        return build_resnet(name, num_classes=num_classes)
     from fastconv.models.catdog import CatDogNet
 
-    return CatDogNet(MODELS[name], num_classes=num_classes)
+    return CatDogNet(CATDOG_WIDTHS[name], num_classes=num_classes)
 
 
 def __getattr__(name: str):

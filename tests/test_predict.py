@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 from fake_kaggle import FAST_TRAIN_FLAGS, cli_env, write_bad_files
 
-from fastconv import backend, predict, train
+from fastconv import backend, data, predict, train
 from fastconv.backend import use_backend
 from fastconv.checkpoint import load_checkpoint
 from fastconv.data import load_image, normalize, write_demo_dataset
@@ -82,6 +83,91 @@ def test_folder_gives_sorted_clipped_submission(checkpoint, test1, tmp_path, cap
     predicted = (probs[:N_TEST] > 0.5).astype(int)
     truth = np.array([labels[i] for i in range(1, N_TEST + 1)])
     assert (predicted == truth).mean() >= 0.8
+    assert "scored" not in capsys.readouterr().out  # no label in names like 3.jpg
+
+
+def test_folder_with_labelled_names_reports_accuracy_and_confusion(checkpoint, tmp_path, capsys):
+    """cat.N / dog.N names are scored; other names are predicted but not scored."""
+    folder = write_demo_dataset(tmp_path / "demo", per_class=6, seed=4) / "train"
+    shutil.copy(folder / "dog.0.jpg", folder / "42.jpg")  # a dog without a label in its name
+    (folder / "cat.99.jpg").write_bytes(b"")  # unreadable: skipped, not scored
+    out_csv = tmp_path / "sub.csv"
+    argv = [f"--checkpoint={checkpoint}", folder, f"--out={out_csv}", "--workers=0"]
+    code, out, err = run_cli([*argv, "--backend=torch"], capsys)
+    assert code == 0, err
+    with open(out_csv) as f:
+        p_dog = {row["id"]: float(row["label"]) for row in csv.DictReader(f)}
+    assert len(p_dog) == 13 and "42" in p_dog
+    matrix = [[0, 0], [0, 0]]
+    for image_id, p in p_dog.items():
+        if image_id != "42":
+            matrix[image_id.startswith("dog")][p >= 0.5] += 1
+    right = matrix[0][0] + matrix[1][1]
+    lines = out.splitlines()
+    assert lines[0] == f"wrote {out_csv} (13 images)"
+    assert lines[1] == (
+        "scored 12 of 13 folder images, those named cat.* / dog.* (1 without a label in the name)"
+    )
+    assert lines[2] == f"accuracy {100 * right / 12:.2f}% ({right} right)"
+    assert lines[3].split() == ["true", "\\", "predicted", "cat", "dog"]
+    assert lines[4].split() == ["cat", *map(str, matrix[0])]
+    assert lines[5].split() == ["dog", *map(str, matrix[1])]
+    assert len(lines) == 6
+
+
+def test_score_report_table():
+    pairs = [(0, 0)] * 1200 + [(0, 1)] * 3 + [(1, 1)] * 7 + [(1, 0)] * 2
+    assert predict.score_report(pairs, 1215).splitlines() == [
+        "scored 1,212 of 1,215 folder images, those named cat.* / dog.* (3 without a label in "
+        "the name)",
+        "accuracy 99.59% (1,207 right)",
+        "true \\ predicted    cat    dog",
+        "cat               1,200      3",
+        "dog                   2      7",
+    ]
+
+
+def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(
+    checkpoint, test1, tmp_path, monkeypatch, capsys
+):
+    load_image, calls = data.load_image, [0]
+
+    def ctrl_c_on_the_third(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            signal.raise_signal(signal.SIGINT)
+        return load_image(*args, **kwargs)
+
+    monkeypatch.setattr(data, "load_image", ctrl_c_on_the_third)
+    folder, _ = test1
+    out_csv = tmp_path / "sub.csv"
+    argv = [f"--checkpoint={checkpoint}", folder, f"--out={out_csv}", "--workers=0"]
+    code, out, err = run_cli([*argv, "--backend=torch"], capsys)
+    assert code == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
+    assert not out_csv.exists() and out == ""
+
+
+def test_resnet18_checkpoint_is_rebuilt_for_prediction(tmp_path, capsys):
+    """A --model resnet18 checkpoint: predict rebuilds the converted torchvision net, whose
+    P(dog) is the plain torchvision net's with the same weights."""
+    from fastconv.models.resnet import small_image_resnet
+
+    demo = write_demo_dataset(tmp_path / "demo", per_class=6, seed=6)
+    run = tmp_path / "run"
+    flags = [f"--data={demo}", "--epochs=1", f"--out={run}", "--img-size=8", "--batch-size=4"]
+    assert train.main([*flags, "--model=resnet18", "--workers=0", "--backend=torch"]) == 0
+    image = demo / "train" / "dog.1.jpg"
+    argv = [f"--checkpoint={run / 'last.pt'}", image, "--workers=0", "--backend=torch"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    plain = small_image_resnet("resnet18")
+    plain.load_state_dict(load_checkpoint(run / "last.pt")["model"])
+    with torch.no_grad():
+        logits = plain.eval()(normalize(torch.from_numpy(load_image(image, 8)[None])))
+    expected = torch.softmax(logits, dim=1)[0, 1].item()
+    assert float(out.strip().split("P(dog)=")[1]) == pytest.approx(expected, abs=1e-4)
 
 
 def test_files_print_class_and_probability(checkpoint, test1, capsys):

@@ -654,6 +654,9 @@ def test_img_size_check_follows_the_model_downsampling():
         check(16, model)
         with pytest.raises(train.CLIError, match=f"--img-size 15 is too small for --model {model}"):
             check(15, model)
+    check(8, "resnet18")  # three strided stages: no stride-2 stem, no max pool
+    with pytest.raises(train.CLIError, match="resnet18: it halves the image 3 times, so it needs"):
+        check(7, "resnet18")
 
 
 def test_batch_larger_than_the_data_exits_2(demo_data, tmp_path, capsys):
@@ -717,6 +720,57 @@ def test_backend_variable_is_honoured_and_the_backend_that_runs_is_printed_and_s
     assert f"fastconv backend: {resolved} (requested {requested}, from {source})" in out
     args = json.loads((run / "args.json").read_text())
     assert (args["backend"], args["backend_resolved"]) == (requested, resolved)
+
+
+# --------------------------------------------------------------------------- resnet18, data wait
+
+
+def test_resnet18_trains_and_saves_torchvision_weights(tmp_path, capsys):
+    """--model resnet18: torchvision's net converted to fastconv layers, trained, saved with
+    torchvision's state_dict keys (they load into the plain torch.nn net), resumable."""
+    from fastconv.models.resnet import small_image_resnet
+
+    data = write_demo_dataset(tmp_path / "data", per_class=8)
+    run = tmp_path / "run"
+    flags = [f"--data={data}", f"--out={run}", "--epochs=1", "--img-size=8", "--model=resnet18"]
+    flags += ["--batch-size=4", "--val-fraction=0.25", "--workers=0", "--backend=torch"]
+    assert train.main(flags) == 0
+    out = capsys.readouterr().out
+    assert "model: resnet18, 11,169,858 parameters" in out
+    state = load_checkpoint(run / "last.pt")
+    assert state["args"]["model"] == "resnet18"
+    plain = small_image_resnet("resnet18")
+    assert list(state["model"]) == list(plain.state_dict())  # conv1.weight, ..., fc.bias
+    plain.load_state_dict(state["model"])
+    assert plain.conv1.stride == (1, 1) and isinstance(plain.maxpool, nn.Identity)
+    resume = [f"--resume={run / 'last.pt'}", "--epochs=2", "--workers=0", "--backend=torch"]
+    assert train.main(resume) == 0
+    assert [row["epoch"] for row in read_history(run)] == [1, 2]
+
+
+def test_history_and_epoch_line_report_the_wait_for_data(demo_data, reference_run, capsys):
+    for row in read_history(reference_run):
+        assert row["data_wait_s"] >= 0 and row["step_s"] > 0
+        assert row["data_wait_s"] + row["step_s"] <= row["seconds"]
+    run = reference_run.parent / "wait"
+    assert train.main([f"--data={demo_data}", f"--out={run}", "--epochs=1", *TINY_FLAGS]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "epoch 1/1 " in line]
+    (row,) = read_history(run)
+    assert f"data wait {row['data_wait_s']:.1f} s (" in line
+
+
+def test_loader_times_split_waiting_for_batches_from_the_steps():
+    def slow_loader():
+        for batch in range(3):
+            time.sleep(0.05)  # the loader takes 50 ms per batch
+            yield batch
+
+    times = training.LoaderTimes()
+    for _ in times.batches(slow_loader()):
+        time.sleep(0.02)  # a 20 ms step
+    assert 0.15 <= times.data_wait < 0.15 + 0.5
+    assert 0.06 <= times.step < 0.06 + 0.5
+    assert times.wait_share == pytest.approx(times.data_wait / (times.data_wait + times.step))
 
 
 # --------------------------------------------------------------------------- inside a step

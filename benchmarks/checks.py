@@ -264,6 +264,17 @@ def check_pool(
     assert_close_to_reference("grad_input", grad, reference_grad, tol)
 
 
+def check_pad(op: Callable[[Tensor], Tensor], x: Tensor, grad_output: Tensor, shape) -> None:
+    """``op(x)`` exactly ``F.pad``'s (a copy), and its input gradient against float64."""
+    reference_x = _float64_leaf(x)
+    reference = F.pad(reference_x, shape.padding, mode=shape.mode)
+    output = op(x)
+    assert_close_to_reference("output", output, reference, EXACT)
+    (grad,) = torch.autograd.grad(output, x, grad_output)
+    (reference_grad,) = torch.autograd.grad(reference, reference_x, grad_output.double())
+    assert_close_to_reference("grad_input", grad, reference_grad, tolerance(x.dtype, False))
+
+
 # (logits, gradients) tolerances of the whole-model check, as relative L2 errors. Gradients
 # of a deep ReLU net are loose by nature: every activation that rounding moves across zero
 # switches a whole gradient term (measured on the CPU at 64 px: bf16 autocast 4.6e-2,

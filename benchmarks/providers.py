@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks.shapes import ConvShape, FusedConvCase, PoolShape
+from benchmarks.shapes import ConvShape, FusedConvCase, PadShape, PoolShape
 from fastconv import functional as FC
 from fastconv.activations import reference_activation
 from fastconv.backend import use_backend
@@ -126,3 +126,17 @@ def pool_op(provider: str, shape: PoolShape) -> Callable[[Tensor], Tensor]:
         return torch_pool(x, **kwargs)
 
     return pool if provider == EAGER else _compiled(pool, provider)
+
+
+def pad_op(provider: str, shape: PadShape) -> Callable[[Tensor], Tensor]:
+    """``op(x) -> F.pad(x, shape.padding, shape.mode)`` as ``provider`` computes it
+    (fastconv: its Triton pad, which writes channels-last)."""
+    if provider == "fastconv":
+        from fastconv.padding import pad2d
+
+        return lambda x: pad2d(x, shape.padding, shape.mode)
+
+    def pad(x: Tensor) -> Tensor:
+        return F.pad(x, shape.padding, mode=shape.mode)
+
+    return pad if provider == EAGER else _compiled(pad, provider)

@@ -53,6 +53,7 @@ KINDS = {
     "conv": ("Fused conv2d + bias + ReLU", "tflops", "TFLOP/s", "cuDNN eager"),
     "epilogue": ("Fused conv2d epilogues", "tflops", "TFLOP/s", "cuDNN eager"),
     "pool": ("Pooling", "gbps", "GB/s", "torch eager"),
+    "pad": ("Padding modes (reflect, replicate, circular)", "gbps", "GB/s", "torch eager"),
     "model": ("Model training step", "images_per_s", "images/s", "torch.nn eager"),
     "data": ("Data pipeline", "images_per_s", "images/s", "eager"),
 }

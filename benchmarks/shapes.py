@@ -346,3 +346,27 @@ def model_layer_shapes(
 _MODEL_SHAPES = [model_layer_shapes(size) for size in MODEL_IMAGE_SIZES]
 CONV_SHAPES = [shape for convs, _ in _MODEL_SHAPES for shape in convs] + list(STANDARD_CONV_SHAPES)
 POOL_SHAPES = [shape for _, pools in _MODEL_SHAPES for shape in pools] + list(STANDARD_POOL_SHAPES)
+
+
+@dataclasses.dataclass(frozen=True)
+class PadShape:
+    """``F.pad(x, padding, mode)`` with x (n, c, h, w), padding (left, right, top, bottom):
+    what ``nn.Conv2d(padding_mode=mode)`` runs before its convolution."""
+
+    name: str
+    mode: str
+    n: int
+    c: int
+    h: int
+    w: int
+    padding: tuple[int, int, int, int]
+
+    def describe(self) -> str:
+        return f"pad({self.n}x{self.c}x{self.h}x{self.w}, {self.padding}, {self.mode})"
+
+
+PAD_SHAPES = [
+    PadShape("reflect1-64@56", "reflect", 32, 64, 56, 56, (1, 1, 1, 1)),
+    PadShape("circular1-128@28", "circular", 32, 128, 28, 28, (1, 1, 1, 1)),
+    PadShape("replicate3-3@224", "replicate", 32, 3, 224, 224, (3, 3, 3, 3)),
+]

@@ -90,16 +90,17 @@ def float_above(minimum: float, maximum: float = math.inf) -> Callable[[str], fl
     return parse
 
 
-def float_at_least(minimum: float) -> Callable[[str], float]:
-    """An argparse type: a finite float >= ``minimum``."""
+def float_at_least(minimum: float, maximum: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite float >= ``minimum`` (and < ``maximum`` when given)."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and value >= minimum):
-            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum}, got {text}")
+        if not (math.isfinite(value) and minimum <= value < maximum):
+            bounds = f">= {minimum}" if maximum == math.inf else f"in [{minimum}, {maximum})"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
         return value
 
     parse.__name__ = f"number >= {minimum}"

@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoding processes, 0 for none (default: min(8, cores) = %(default)s)",
     )
     add(
+        "--tta",
+        action="store_true",
+        help="average each image's probabilities with its mirror image's (two forward passes)",
+    )
+    add(
         "--backend",
         choices=BACKEND_CHOICES,
         default=None,
@@ -260,16 +265,19 @@ def predict_dog_probabilities(
     batch_size: int,
     workers: int,
     channels_last: bool = False,
+    tta: bool = False,
 ) -> Iterator[Prediction]:
     """One :class:`Prediction` per path, each carrying the index of its path.
 
     Unreadable files are reported as soon as they are decoded, readable ones when their
     batch has run, so the results do not come in the order of ``paths``: use ``index``.
+    With ``tta`` each probability is the mean over the image and its mirror image.
     """
     import numpy as np
     import torch
 
     from fastconv.data import decode_images, normalize
+    from fastconv.tta import class_probabilities
 
     device = next(model.parameters()).device
     batch: list[tuple[int, np.ndarray]] = []
@@ -277,8 +285,8 @@ def predict_dog_probabilities(
     def flush() -> list[Prediction]:
         images = torch.from_numpy(np.stack([array for _, array in batch])).to(device)
         with torch.no_grad():
-            logits = model(normalize(images, channels_last))
-        p_dog = torch.softmax(logits.float(), dim=1)[:, dog_index].tolist()
+            probs = class_probabilities(model, normalize(images, channels_last), flip=tta)
+        p_dog = probs[:, dog_index].tolist()
         results = [Prediction(i, paths[i], p, None) for (i, _), p in zip(batch, p_dog, strict=True)]
         batch.clear()
         return results
@@ -377,6 +385,7 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size,
             args.workers,
             train_args["channels_last"],
+            args.tta,
         )
         try:
             for result in predictions:

@@ -73,6 +73,7 @@ from fastconv.data import (
 from fastconv.models import build_model
 from fastconv.plots import plot_confusion_matrix, plot_history
 from fastconv.train import EXIT_INTERRUPTED, merge_resumed_args
+from fastconv.tta import class_probabilities
 
 __all__ = [
     "NonFiniteLossError",
@@ -396,7 +397,10 @@ def check_finite(loss: Tensor, proc: Process, epoch: int, step: int) -> None:
 def evaluate(
     model: nn.Module, loader: DataLoader, args: argparse.Namespace, proc: Process
 ) -> tuple[float, float, list[list[int]]]:
-    """Validation loss, accuracy and confusion matrix ``[true][predicted]`` over all ranks."""
+    """Validation loss, accuracy and confusion matrix ``[true][predicted]`` over all ranks.
+
+    With ``args.tta`` the probabilities are averaged over each image and its mirror image.
+    """
     model.eval()
     n_classes = len(CLASS_NAMES)
     loss_sum = torch.zeros((), dtype=torch.float64, device=proc.device)
@@ -407,9 +411,10 @@ def evaluate(
         labels = labels.to(proc.device, non_blocking=True)
         x = normalize(images, args.channels_last)
         with torch.autocast(proc.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        confusion += torch.bincount(labels * n_classes + logits.argmax(1), minlength=n_classes**2)
+            probs = class_probabilities(model, x, flip=args.tta)
+        log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        loss_sum += F.nll_loss(log_probs, labels, reduction="sum")
+        confusion += torch.bincount(labels * n_classes + probs.argmax(1), minlength=n_classes**2)
     totals = proc.all_sum([loss_sum.item(), *confusion.tolist()])
     matrix = [
         [int(totals[1 + i * n_classes + j]) for j in range(n_classes)] for i in range(n_classes)
@@ -679,7 +684,7 @@ class Trainer:
                     proc.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
                 ):
                     logits = self.train_model(x).float()
-                loss = F.cross_entropy(logits, labels)
+                loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
                 if step % 10 == 0 or step == self.steps_per_epoch - 1:  # a GPU sync
                     check_finite(loss, proc, epoch, step)
                 self.optimizer.zero_grad(set_to_none=True)

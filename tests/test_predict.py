@@ -53,11 +53,13 @@ def write_test1(root: Path) -> tuple[Path, dict[int, int]]:
     return folder, labels
 
 
-def dog_probability(checkpoint_path: Path, image: Path) -> float:
-    """P(dog) computed directly, for comparison with the CLI."""
+def dog_probability(checkpoint_path: Path, image: Path, mirrored: bool = False) -> float:
+    """P(dog) computed directly (of the mirror image if ``mirrored``), to compare with the CLI."""
     state = load_checkpoint(checkpoint_path)
     model = predict.load_model(state, torch.device("cpu"))
     array = load_image(image, state["args"]["img_size"])
+    if mirrored:
+        array = np.ascontiguousarray(array[:, ::-1])
     with use_backend("torch"), torch.no_grad():
         logits = model(normalize(torch.from_numpy(array[None])))
     return torch.softmax(logits, dim=1)[0, 1].item()
@@ -184,6 +186,19 @@ def test_files_print_class_and_probability(checkpoint, test1, capsys):
         assert label == ("dog" if float(p_dog.split("=")[1]) >= 0.5 else "cat")
         assert float(p_dog.split("=")[1]) == pytest.approx(dog_probability(checkpoint, path), 1e-3)
     assert "skipped 1 unreadable file(s)" in captured.err
+
+
+def test_tta_averages_each_probability_with_the_mirror_images(checkpoint, test1, capsys):
+    folder, _ = test1
+    files = [folder / "1.jpg", folder / "2.jpg"]
+    args = [f"--checkpoint={checkpoint}", *map(str, files), "--workers=0", "--backend=torch"]
+    assert predict.main([*args, "--tta"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    for line, path in zip(lines, files, strict=True):
+        p_dog = float(line.split("\t")[2].split("=")[1])
+        mirror = dog_probability(checkpoint, path, mirrored=True)
+        assert p_dog == pytest.approx((dog_probability(checkpoint, path) + mirror) / 2, abs=1e-3)
+        assert p_dog != pytest.approx(dog_probability(checkpoint, path), abs=1e-3)
 
 
 def test_cli_module_runs(checkpoint, test1, tmp_path):

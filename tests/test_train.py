@@ -526,6 +526,8 @@ def early_error_cases() -> list:
         (["--save-every=-1"], {}, "--save-every"),
         (["--model=resnet"], {}, "--model"),
         (["--amp=fp8"], {}, "--amp"),
+        (["--label-smoothing=1"], {}, "--label-smoothing"),
+        (["--label-smoothing=-0.1"], {}, "--label-smoothing"),
         (["--backend=bogus"], {}, "--backend"),
         ([], {"FASTCONV_BACKEND": "bogus"}, "FASTCONV_BACKEND"),
     ]
@@ -632,7 +634,9 @@ def test_unusable_resume_checkpoint_exits_2_with_one_line(kind, reference_run, t
         ("--lr=0.01", "--lr 0.01 conflicts with 0.003"),
         ("--seed=1", "--seed 1 conflicts with 0"),
         ("--amp=bf16", "--amp bf16 conflicts with off"),
-        ("--channels-last", "--channels-last True conflicts with False"),
+        ("--no-channels-last", "--channels-last False conflicts with True"),
+        ("--label-smoothing=0.2", "--label-smoothing 0.2 conflicts with 0.0"),
+        ("--tta", "--tta True conflicts with False"),
         ("--data=elsewhere", "--data elsewhere conflicts with"),
         ("--epochs=1", "--epochs 1 is fewer than"),
     ],
@@ -805,7 +809,8 @@ def test_amp_and_channels_last_take_effect_inside_a_training_step(
     monkeypatch.setattr(training, "build_model", build_with_probe)
     run = tmp_path / "run"
     flags = [f"--data={demo_data}", f"--out={run}", "--epochs=1", f"--amp={amp}", *TINY_FLAGS]
-    assert train.main(flags + (["--channels-last"] if channels_last else [])) == 0
+    layout = "--channels-last" if channels_last else "--no-channels-last"
+    assert train.main([*flags, layout]) == 0
     dtype = training.AMP_DTYPES[amp]
     want = (dtype is not None, dtype or torch.get_autocast_dtype("cpu"), dtype or torch.float32)
     assert len(records) == 2 * STEPS_PER_EPOCH
@@ -856,7 +861,7 @@ def test_evaluate_confusion_matrix_rows_are_true_columns_predicted():
     cat, dog = CLASS_NAMES.index("cat"), CLASS_NAMES.index("dog")
     samples = [(white, cat)] * 3 + [(black, cat)] + [(white, dog)] * 2  # 3 cats called dogs
     loader = torch.utils.data.DataLoader(samples, batch_size=4)
-    args = argparse.Namespace(amp="off", channels_last=False)
+    args = argparse.Namespace(amp="off", channels_last=False, tta=False)
     proc = training.Process(0, 1, torch.device("cpu"))
     loss, acc, matrix = training.evaluate(PixelOracle(), loader, args, proc)
     assert matrix == [[1, 3], [0, 2]]  # [true cat: 1 cat, 3 dog], [true dog: 0 cat, 2 dog]
@@ -905,3 +910,57 @@ def test_torchrun_two_processes_gloo(demo_data, tmp_path):
     assert state["data"]["world_size"] == 2
     assert not any(key.startswith("module.") for key in state["model"])
     assert [row["epoch"] for row in read_history(run)] == [1, 2]
+
+
+class LeftSideOracle(nn.Module):
+    """Says dog, 10 nats sure, when the left half of the image is brighter than the right."""
+
+    def forward(self, x):
+        half = x.shape[3] // 2
+        margin = x[..., :half].mean(dim=(1, 2, 3)) - x[..., half:].mean(dim=(1, 2, 3))
+        dog = (margin > 0).float()
+        return torch.stack([1 - dog, dog], dim=1) * 10
+
+
+def test_tta_validates_on_the_mean_of_the_image_and_its_mirror():
+    left_white = torch.zeros(8, 8, 3, dtype=torch.uint8)
+    left_white[:, :4] = 255
+    dog = CLASS_NAMES.index("dog")
+    loader = torch.utils.data.DataLoader([(left_white, dog)] * 4, batch_size=4)
+    proc = training.Process(0, 1, torch.device("cpu"))
+    plain = argparse.Namespace(amp="off", channels_last=False, tta=False)
+    loss, acc, _ = training.evaluate(LeftSideOracle(), loader, plain, proc)
+    assert acc == 1 and loss < 1e-4
+    # the mirror image says cat just as surely: the mean is 1/2 each, a loss of log 2
+    flipped = argparse.Namespace(amp="off", channels_last=True, tta=True)
+    loss, _, _ = training.evaluate(LeftSideOracle(), loader, flipped, proc)
+    assert math.isclose(loss, math.log(2), rel_tol=1e-5)
+
+
+def test_label_smoothing_reaches_the_training_loss(demo_data, tmp_path, monkeypatch):
+    smoothing = []
+    cross_entropy = training.F.cross_entropy
+
+    def spy(*args, **kwargs):
+        smoothing.append(kwargs.get("label_smoothing", 0.0))
+        return cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(training.F, "cross_entropy", spy)
+    flags = run_flags(demo_data, tmp_path / "run", "--epochs=1", "--label-smoothing=0.25")
+    assert train.main(flags) == 0
+    assert smoothing == [0.25] * STEPS_PER_EPOCH
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["args"]
+    assert saved["label_smoothing"] == 0.25 and saved["tta"] is False
+
+
+def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run, tmp_path):
+    """A checkpoint written before --label-smoothing/--tta existed trained without them."""
+    state = load_checkpoint(reference_run / "last.pt")
+    for name in train.SETTINGS_BEFORE_THEIR_FLAG:
+        del state["args"][name]
+    args, given = train.parse_args(["--resume=x/last.pt", "--label-smoothing=0.1"])
+    with pytest.raises(train.CLIError, match="--label-smoothing 0.1 conflicts with 0.0"):
+        train.merge_resumed_args(state["args"], args, given, "old.pt")
+    args, given = train.parse_args(["--resume=x/last.pt"])
+    merged = train.merge_resumed_args(state["args"], args, given, "old.pt")
+    assert merged.label_smoothing == 0.0 and merged.tta is False

@@ -122,6 +122,14 @@ def build_parser(defaults: bool = True) -> Parser:
         "layers, to compare against",
     )
     add(
+        "--shift",
+        None,
+        type=int_at_least(0),
+        metavar="PX",
+        help="largest random translation of a training image, in pixels, each way (the edge "
+        "mirrored in); default: --img-size / 8",
+    )
+    add(
         "--label-smoothing",
         0.0,
         type=float_at_least(0.0, 1.0),
@@ -208,8 +216,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     return args, given
 
 
+def default_shift(img_size: int) -> int:
+    """The largest random translation (pixels) when ``--shift`` is left out: 1/8 of the image."""
+    return max(img_size // 8, 1)
+
+
 def check_img_size(args: argparse.Namespace) -> None:
-    """``--img-size`` must survive every halving of ``--model``: a CLIError names it."""
+    """``--img-size`` must survive every halving of ``--model``, and ``--shift`` stay inside
+    the image: a CLIError names the flag."""
+    if args.shift is not None and args.shift >= args.img_size:
+        raise CLIError(
+            f"--shift {args.shift} must be smaller than --img-size {args.img_size}: the shifted "
+            "image is mirrored in from its own edge"
+        )
     smallest = min_input_size(args.model)
     if args.img_size < smallest:
         raise CLIError(
@@ -226,7 +245,7 @@ def _same(name: str, given, saved) -> bool:
 
 # Settings added after checkpoints were first written: the value a checkpoint without them
 # was trained with (so resuming it keeps its recipe, whatever the flag's default is now).
-SETTINGS_BEFORE_THEIR_FLAG = {"label_smoothing": 0.0, "tta": False}
+SETTINGS_BEFORE_THEIR_FLAG = {"shift": None, "label_smoothing": 0.0, "tta": False}
 
 
 def merge_resumed_args(
@@ -279,6 +298,7 @@ _SAVED_VALUE_CHECKS = {
     "weight_decay": lambda v: _is_number(v) and v >= 0,
     "img_size": lambda v: _is_int(v, 1),
     "model": lambda v: v in MODELS,
+    "shift": lambda v: v is None or _is_int(v, 0),
     "label_smoothing": lambda v: _is_number(v) and 0 <= v < 1,
     "tta": lambda v: isinstance(v, bool),
     "amp": lambda v: v in AMP_CHOICES,

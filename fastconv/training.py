@@ -72,7 +72,7 @@ from fastconv.data import (
 )
 from fastconv.models import build_model
 from fastconv.plots import plot_confusion_matrix, plot_history
-from fastconv.train import EXIT_INTERRUPTED, merge_resumed_args
+from fastconv.train import EXIT_INTERRUPTED, default_shift, merge_resumed_args
 from fastconv.tta import class_probabilities
 
 __all__ = [
@@ -541,7 +541,7 @@ class Trainer:
             device_ids = [proc.device.index] if proc.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.augment_rng = torch.Generator(device=proc.device)
-        self.padding = max(args.img_size // 8, 1)
+        self.shift = default_shift(args.img_size) if args.shift is None else args.shift
         self.history: list[dict] = []
         self.best_acc, self.best_confusion = -1.0, None
         self.position = (0, 0)
@@ -678,7 +678,7 @@ class Trainer:
                 self.seed_step(epoch, step)
                 images = images.to(proc.device, non_blocking=True)
                 labels = labels.to(proc.device, non_blocking=True)
-                augmented = random_crop_flip(images, self.padding, self.augment_rng)
+                augmented = random_crop_flip(images, self.shift, self.augment_rng)
                 x = normalize(augmented, args.channels_last)
                 with torch.autocast(
                     proc.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None

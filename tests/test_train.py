@@ -526,6 +526,8 @@ def early_error_cases() -> list:
         (["--save-every=-1"], {}, "--save-every"),
         (["--model=resnet"], {}, "--model"),
         (["--amp=fp8"], {}, "--amp"),
+        (["--shift=-1"], {}, "--shift"),
+        (["--shift=64"], {}, "--shift"),
         (["--label-smoothing=1"], {}, "--label-smoothing"),
         (["--label-smoothing=-0.1"], {}, "--label-smoothing"),
         (["--backend=bogus"], {}, "--backend"),
@@ -953,6 +955,20 @@ def test_label_smoothing_reaches_the_training_loss(demo_data, tmp_path, monkeypa
     assert saved["label_smoothing"] == 0.25 and saved["tta"] is False
 
 
+@pytest.mark.parametrize(("flags", "shift"), [([], 2), (["--shift=5"], 5), (["--shift=0"], 0)])
+def test_shift_sets_the_largest_random_translation(flags, shift, demo_data, tmp_path, monkeypatch):
+    shifts = []
+    crop = training.random_crop_flip
+
+    def spy(images, padding, generator):
+        shifts.append(padding)
+        return crop(images, padding, generator)
+
+    monkeypatch.setattr(training, "random_crop_flip", spy)
+    assert train.main(run_flags(demo_data, tmp_path / "run", "--epochs=1", *flags)) == 0
+    assert shifts == [shift] * STEPS_PER_EPOCH  # the default: 16 px / 8
+
+
 def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run, tmp_path):
     """A checkpoint written before --label-smoothing/--tta existed trained without them."""
     state = load_checkpoint(reference_run / "last.pt")
@@ -963,4 +979,4 @@ def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run,
         train.merge_resumed_args(state["args"], args, given, "old.pt")
     args, given = train.parse_args(["--resume=x/last.pt"])
     merged = train.merge_resumed_args(state["args"], args, given, "old.pt")
-    assert merged.label_smoothing == 0.0 and merged.tta is False
+    assert merged.label_smoothing == 0.0 and merged.tta is False and merged.shift is None

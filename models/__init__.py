@@ -22,10 +22,13 @@ CATDOG_WIDTHS = {
     "catdog-small": (16, 32, 64, 128),
     "catdog-large": (64, 128, 256, 512),
 }
+# name -> (stem, stage 1, 2, 3) channels of a CatDogResNet (fastconv.models.catdog_res):
+# conv-BN-ReLU layers with two residual blocks; three 2x2 max pools.
+CATDOG_RES_WIDTHS = {"catdog-res": (32, 64, 128, 256)}
 # torchvision ResNets with a 3x3 stride-1 stem and no max pool, converted to fastconv layers
 # (fastconv.models.resnet): name -> how many times they halve H and W (three strided stages).
 RESNETS = {"resnet18": 3}
-MODELS = (*CATDOG_WIDTHS, *RESNETS)  # every name build_model takes
+MODELS = (*CATDOG_WIDTHS, *CATDOG_RES_WIDTHS, *RESNETS)  # every name build_model takes
 
 
 def _check_name(name: str) -> None:
@@ -36,7 +39,9 @@ def _check_name(name: str) -> None:
 def halvings(name: str) -> int:
     """How many times model ``name`` halves the height and width of its input."""
     _check_name(name)
-    return RESNETS[name] if name in RESNETS else len(CATDOG_WIDTHS[name])
+    if name in CATDOG_WIDTHS:
+        return len(CATDOG_WIDTHS[name])
+    return 3 if name in CATDOG_RES_WIDTHS else RESNETS[name]
 
 
 def min_input_size(name: str) -> int:
@@ -51,6 +56,10 @@ def build_model(name: str = "catdog", num_classes: int = 2) -> nn.Module:
         from fastconv.models.resnet import build_resnet
 
         return build_resnet(name, num_classes=num_classes)
+    if name in CATDOG_RES_WIDTHS:
+        from fastconv.models.catdog_res import CatDogResNet
+
+        return CatDogResNet(CATDOG_RES_WIDTHS[name], num_classes=num_classes)
     from fastconv.models.catdog import CatDogNet
 
     return CatDogNet(CATDOG_WIDTHS[name], num_classes=num_classes)

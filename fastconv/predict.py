@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--tta",
-        action="store_true",
-        help="average each image's probabilities with its mirror image's (two forward passes)",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="average each image's probabilities with its mirror image's: two forward passes, "
+        "and the accuracy fastconv.train's validation reports by default (default: %(default)s)",
     )
     add(
         "--backend",

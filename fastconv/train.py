@@ -98,8 +98,8 @@ def build_parser(defaults: bool = True) -> Parser:
         type=int_at_least(1),
         help="number of epochs; with --resume, the new total (see resume below)",
     )
-    add("--batch-size", 64, type=int_at_least(1), help="images per step on each process")
-    add("--lr", 3e-3, type=float_above(0.0), help="peak learning rate of the one-cycle schedule")
+    add("--batch-size", 32, type=int_at_least(1), help="images per step on each process")
+    add("--lr", 1e-3, type=float_above(0.0), help="peak learning rate of the one-cycle schedule")
     add(
         "--weight-decay",
         0.05,
@@ -139,9 +139,10 @@ def build_parser(defaults: bool = True) -> Parser:
     )
     add(
         "--tta",
-        False,
-        action="store_true",
-        help="validate on the mean of each image's and its mirror image's probabilities",
+        True,
+        action=argparse.BooleanOptionalAction,
+        help="validate on the mean of each image's and its mirror image's probabilities (one "
+        "more forward pass per validation batch)",
     )
     add("--amp", "off", choices=AMP_CHOICES, help="mixed precision autocast dtype")
     add(

@@ -865,7 +865,8 @@ def _train(args: argparse.Namespace, proc: Process, resumed: dict | None) -> int
                     proc,
                     f"epoch {epoch + 1}/{args.epochs}  train loss {row['train_loss']:.4f} "
                     f"acc {100 * row['train_acc']:.1f}%  val loss {val_loss:.4f} "
-                    f"acc {100 * val_acc:.1f}%  {row['images_per_s']:.0f} img/s  data wait "
+                    f"acc {100 * val_acc:.1f}%{' (flip tta)' if args.tta else ''}  "
+                    f"{row['images_per_s']:.0f} img/s  data wait "
                     f"{times.data_wait:.1f} s ({100 * times.wait_share:.0f}%)  "
                     f"{row['seconds']:.1f} s" + ("  (best)" if is_best else ""),
                 )

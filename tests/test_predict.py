@@ -53,16 +53,16 @@ def write_test1(root: Path) -> tuple[Path, dict[int, int]]:
     return folder, labels
 
 
-def dog_probability(checkpoint_path: Path, image: Path, mirrored: bool = False) -> float:
-    """P(dog) computed directly (of the mirror image if ``mirrored``), to compare with the CLI."""
+def dog_probability(checkpoint_path: Path, image: Path, tta: bool = True) -> float:
+    """P(dog) computed directly, to compare with the CLI: with ``tta`` (predict's default) the
+    mean over the image and its mirror image."""
     state = load_checkpoint(checkpoint_path)
     model = predict.load_model(state, torch.device("cpu"))
     array = load_image(image, state["args"]["img_size"])
-    if mirrored:
-        array = np.ascontiguousarray(array[:, ::-1])
+    views = [array, np.ascontiguousarray(array[:, ::-1])] if tta else [array]
     with use_backend("torch"), torch.no_grad():
-        logits = model(normalize(torch.from_numpy(array[None])))
-    return torch.softmax(logits, dim=1)[0, 1].item()
+        logits = model(normalize(torch.from_numpy(np.stack(views))))
+    return torch.softmax(logits, dim=1)[:, 1].mean().item()
 
 
 def test_folder_gives_sorted_clipped_submission(checkpoint, test1, tmp_path, capsys):
@@ -162,7 +162,7 @@ def test_resnet18_checkpoint_is_rebuilt_for_prediction(tmp_path, capsys):
     assert train.main([*flags, "--model=resnet18", "--workers=0", "--backend=torch"]) == 0
     image = demo / "train" / "dog.1.jpg"
     argv = [f"--checkpoint={run / 'last.pt'}", image, "--workers=0", "--backend=torch"]
-    code, out, err = run_cli(argv, capsys)
+    code, out, err = run_cli([*argv, "--no-tta"], capsys)
     assert code == 0, err
     plain = small_image_resnet("resnet18")
     plain.load_state_dict(load_checkpoint(run / "last.pt")["model"])
@@ -188,17 +188,17 @@ def test_files_print_class_and_probability(checkpoint, test1, capsys):
     assert "skipped 1 unreadable file(s)" in captured.err
 
 
-def test_tta_averages_each_probability_with_the_mirror_images(checkpoint, test1, capsys):
+@pytest.mark.parametrize("tta", [True, False])
+def test_tta_averages_each_probability_with_the_mirror_images(tta, checkpoint, test1, capsys):
     folder, _ = test1
     files = [folder / "1.jpg", folder / "2.jpg"]
     args = [f"--checkpoint={checkpoint}", *map(str, files), "--workers=0", "--backend=torch"]
-    assert predict.main([*args, "--tta"]) == 0
+    assert predict.main([*args, "--tta" if tta else "--no-tta"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     for line, path in zip(lines, files, strict=True):
         p_dog = float(line.split("\t")[2].split("=")[1])
-        mirror = dog_probability(checkpoint, path, mirrored=True)
-        assert p_dog == pytest.approx((dog_probability(checkpoint, path) + mirror) / 2, abs=1e-3)
-        assert p_dog != pytest.approx(dog_probability(checkpoint, path), abs=1e-3)
+        assert p_dog == pytest.approx(dog_probability(checkpoint, path, tta), abs=1e-3)
+        assert p_dog != pytest.approx(dog_probability(checkpoint, path, not tta), abs=1e-3)
 
 
 def test_cli_module_runs(checkpoint, test1, tmp_path):
@@ -587,17 +587,12 @@ def test_every_result_goes_to_its_own_input(
 
 @pytest.fixture(scope="module")
 def expected_p_dog(checkpoint):
-    """P(dog) of one image computed directly with the checkpoint's model, memoized."""
-    state = load_checkpoint(checkpoint)
-    model = predict.load_model(state, torch.device("cpu"))
+    """P(dog) of one image computed directly (:func:`dog_probability`), memoized."""
     cache: dict[Path, float] = {}
 
     def p_dog(path: Path) -> float:
         if path not in cache:
-            array = load_image(path, state["args"]["img_size"])
-            with use_backend("torch"), torch.no_grad():
-                logits = model(normalize(torch.from_numpy(array[None])))
-            cache[path] = torch.softmax(logits, dim=1)[0, 1].item()
+            cache[path] = dog_probability(checkpoint, path)
         return cache[path]
 
     return p_dog

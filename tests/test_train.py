@@ -38,6 +38,7 @@ TINY_FLAGS = (
     "--img-size=16",
     "--model=catdog-small",
     "--batch-size=16",
+    "--lr=0.003",
     "--workers=0",
     "--backend=torch",
 )
@@ -638,7 +639,7 @@ def test_unusable_resume_checkpoint_exits_2_with_one_line(kind, reference_run, t
         ("--amp=bf16", "--amp bf16 conflicts with off"),
         ("--no-channels-last", "--channels-last False conflicts with True"),
         ("--label-smoothing=0.2", "--label-smoothing 0.2 conflicts with 0.0"),
-        ("--tta", "--tta True conflicts with False"),
+        ("--no-tta", "--tta False conflicts with True"),
         ("--data=elsewhere", "--data elsewhere conflicts with"),
         ("--epochs=1", "--epochs 1 is fewer than"),
     ],
@@ -654,7 +655,7 @@ def test_resume_flag_that_conflicts_with_the_checkpoint_exits_2(flag, named, ref
 
 def test_img_size_check_follows_the_model_downsampling():
     def check(size: int, model: str) -> None:
-        train.check_img_size(argparse.Namespace(img_size=size, model=model))
+        train.check_img_size(argparse.Namespace(img_size=size, model=model, shift=None))
 
     for model in ("catdog", "catdog-small", "catdog-large"):  # 4 stages of 2x2 pooling each
         check(16, model)
@@ -952,7 +953,7 @@ def test_label_smoothing_reaches_the_training_loss(demo_data, tmp_path, monkeypa
     assert train.main(flags) == 0
     assert smoothing == [0.25] * STEPS_PER_EPOCH
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["args"]
-    assert saved["label_smoothing"] == 0.25 and saved["tta"] is False
+    assert saved["label_smoothing"] == 0.25 and saved["tta"] is True
 
 
 @pytest.mark.parametrize(("flags", "shift"), [([], 2), (["--shift=5"], 5), (["--shift=0"], 0)])

@@ -98,7 +98,7 @@ def build_parser(defaults: bool = True) -> Parser:
         type=int_at_least(1),
         help="number of epochs; with --resume, the new total (see resume below)",
     )
-    add("--batch-size", 32, type=int_at_least(1), help="images per step on each process")
+    add("--batch-size", 16, type=int_at_least(1), help="images per step on each process")
     add("--lr", 1e-3, type=float_above(0.0), help="peak learning rate of the one-cycle schedule")
     add(
         "--weight-decay",

@@ -129,8 +129,17 @@ def test_score_report_table():
     ]
 
 
+@pytest.fixture
+def default_ctrl_c():
+    """SIGINT handled as in a fresh Python process (KeyboardInterrupt), whatever code that ran
+    earlier in this test process left as its handler; restored afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(
-    checkpoint, test1, tmp_path, monkeypatch, capsys
+    checkpoint, test1, tmp_path, monkeypatch, capsys, default_ctrl_c
 ):
     load_image, calls = data.load_image, [0]
 

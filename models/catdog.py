@@ -14,7 +14,23 @@ from torch import Tensor, nn
 
 from fastconv.layers import AdaptiveAvgPool2d, Conv2dReLU, MaxPool2d
 
-__all__ = ["CatDogNet"]
+__all__ = ["CatDogNet", "init_cnn_weights"]
+
+
+def init_cnn_weights(model: nn.Module) -> None:
+    """Kaiming-normal convolutions (fan-out, ReLU gain) with zero bias, unit BatchNorm, and a
+    small linear head (std 0.01, zero bias)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
 
 
 class CatDogNet(nn.Module):
@@ -47,17 +63,7 @@ class CatDogNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal convolutions (fan-out, ReLU gain), unit BatchNorm, small linear head."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.01)
-                nn.init.zeros_(module.bias)
+        init_cnn_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

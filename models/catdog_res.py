@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from fastconv.conv_bn import Conv2dBatchNormAct
 from fastconv.layers import AdaptiveAvgPool2d, MaxPool2d
+from fastconv.models.catdog import init_cnn_weights
 
 __all__ = ["CatDogResNet", "ConvBatchNormReLU", "ResidualBlock"]
 
@@ -80,16 +81,7 @@ class CatDogResNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal convolutions (fan-out, ReLU gain), unit BatchNorm, small linear head."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.01)
-                nn.init.zeros_(module.bias)
+        init_cnn_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

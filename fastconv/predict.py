@@ -189,7 +189,8 @@ def warn(message: str) -> None:
 def load_model(
     checkpoint: dict, device: torch.device, source: str = "checkpoint"
 ) -> torch.nn.Module:
-    """The trained network of ``checkpoint`` on ``device``, in eval mode.
+    """The trained network of ``checkpoint`` on ``device``, in eval mode: its EMA weights if
+    it was trained with ``--ema``.
 
     Raises :class:`fastconv.checkpoint.CheckpointError` (one line naming ``source``) when
     the checkpoint names an unknown model, classes other than cat and dog, an image size
@@ -218,8 +219,9 @@ def load_model(
     if not isinstance(args["channels_last"], bool):
         raise CheckpointError(f"{source} has channels_last {args['channels_last']!r}, not a bool")
     model = build_model(name, num_classes=len(class_names))
-    check_state_dict_fits(model, checkpoint["model"], f"{source} (model {name!r} in its args)")
-    model.load_state_dict(checkpoint["model"])
+    weights = checkpoint.get("ema_model", checkpoint["model"])  # a run with --ema: its average
+    check_state_dict_fits(model, weights, f"{source} (model {name!r} in its args)")
+    model.load_state_dict(weights)
     memory_format = torch.channels_last if args["channels_last"] else torch.contiguous_format
     return model.to(device, memory_format=memory_format).eval()
 

@@ -138,6 +138,15 @@ def build_parser(defaults: bool = True) -> Parser:
         "label_smoothing)",
     )
     add(
+        "--ema",
+        0.0,
+        type=float_at_least(0.0, 1.0),
+        metavar="DECAY",
+        help="validate, save and predict with an exponential moving average of the weights, "
+        "updated after every step with this decay (warmed up as (1+n)/(10+n) over the first "
+        "steps; see fastconv/ema.py); 0: off, the trained weights",
+    )
+    add(
         "--tta",
         True,
         action=argparse.BooleanOptionalAction,
@@ -247,7 +256,7 @@ def _same(name: str, given, saved) -> bool:
 
 # Settings added after checkpoints were first written: the value a checkpoint without them
 # was trained with (so resuming it keeps its recipe, whatever the flag's default is now).
-SETTINGS_BEFORE_THEIR_FLAG = {"shift": None, "label_smoothing": 0.0, "tta": False}
+SETTINGS_BEFORE_THEIR_FLAG = {"shift": None, "label_smoothing": 0.0, "tta": False, "ema": 0.0}
 
 
 def merge_resumed_args(
@@ -303,6 +312,7 @@ _SAVED_VALUE_CHECKS = {
     "shift": lambda v: v is None or _is_int(v, 0),
     "label_smoothing": lambda v: _is_number(v) and 0 <= v < 1,
     "tta": lambda v: isinstance(v, bool),
+    "ema": lambda v: _is_number(v) and 0 <= v < 1,
     "amp": lambda v: v in AMP_CHOICES,
     "channels_last": lambda v: isinstance(v, bool),
     "seed": lambda v: _is_int(v, 0) and v < SEED_LIMIT,

@@ -70,6 +70,7 @@ from fastconv.data import (
     subsample,
     write_demo_dataset,
 )
+from fastconv.ema import weight_ema
 from fastconv.models import build_model
 from fastconv.plots import plot_confusion_matrix, plot_history
 from fastconv.train import EXIT_INTERRUPTED, default_shift, merge_resumed_args
@@ -540,6 +541,7 @@ class Trainer:
         if proc.distributed:
             device_ids = [proc.device.index] if proc.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.ema = weight_ema(self.model, args.ema) if args.ema else None
         self.augment_rng = torch.Generator(device=proc.device)
         self.shift = default_shift(args.img_size) if args.shift is None else args.shift
         self.history: list[dict] = []
@@ -559,6 +561,7 @@ class Trainer:
         return {
             "resume_format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
+            **self._ema_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -573,6 +576,17 @@ class Trainer:
             "data": self.data_info,
         }
 
+    def _ema_state(self) -> dict:
+        """With ``--ema``: the averaged weights (what predict loads) and the update count."""
+        if self.ema is None:
+            return {}
+        return {"ema_model": self.ema.module.state_dict(), "ema_updates": int(self.ema.n_averaged)}
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation scores and predict uses: the EMA's with ``--ema``."""
+        return self.model if self.ema is None else self.ema.module
+
     def load(self, state: dict, source: str) -> None:
         """Continue from a checkpoint written by :meth:`checkpoint` with the same settings.
 
@@ -584,6 +598,8 @@ class Trainer:
         except CheckpointError as exc:
             raise CLIError(str(exc)) from None
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self._load_ema(state, source)
         schedule = state["scheduler"]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -603,6 +619,17 @@ class Trainer:
             self.sums = EpochSums.from_state(state["epoch_sums"], self.proc.device)
         self.history = [dict(row) for row in state["history"]]
         self.best_acc, self.best_confusion = state["best_val_acc"], state["best_confusion"]
+
+    def _load_ema(self, state: dict, source: str) -> None:
+        updates = state.get("ema_updates")
+        if type(updates) is not int or updates < 0 or not isinstance(state.get("ema_model"), dict):
+            raise CLIError(f"--resume {source}: its run has --ema but no valid EMA weights")
+        try:
+            check_state_dict_fits(self.ema.module, state["ema_model"], f"--resume {source} (EMA)")
+        except CheckpointError as exc:
+            raise CLIError(str(exc)) from None
+        self.ema.module.load_state_dict(state["ema_model"])
+        self.ema.n_averaged.fill_(updates)
 
     def _continue_schedule(self, steps_done: int) -> None:
         """Put the (new, longer or shorter) one-cycle schedule at step ``steps_done``.
@@ -692,6 +719,8 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 self.sums.add(loss, logits, labels)
                 self.position = (epoch, step + 1)
                 bar.update(1)
@@ -847,7 +876,7 @@ def _train(args: argparse.Namespace, proc: Process, resumed: dict | None) -> int
                 train_seconds = time.perf_counter() - started
                 trained_here = (trainer.sums.seen - seen_before) * proc.world_size
                 loss_sum, correct, seen = trainer.sums.totals(proc)
-                val_loss, val_acc, confusion = evaluate(trainer.model, val_loader, args, proc)
+                val_loss, val_acc, confusion = evaluate(trainer.eval_model, val_loader, args, proc)
                 row = {
                     "epoch": epoch + 1,
                     "train_loss": loss_sum / seen if seen else math.nan,
@@ -865,7 +894,8 @@ def _train(args: argparse.Namespace, proc: Process, resumed: dict | None) -> int
                     proc,
                     f"epoch {epoch + 1}/{args.epochs}  train loss {row['train_loss']:.4f} "
                     f"acc {100 * row['train_acc']:.1f}%  val loss {val_loss:.4f} "
-                    f"acc {100 * val_acc:.1f}%{' (flip tta)' if args.tta else ''}  "
+                    f"acc {100 * val_acc:.1f}%{' (flip tta)' if args.tta else ''}"
+                    f"{' (ema)' if args.ema else ''}  "
                     f"{row['images_per_s']:.0f} img/s  data wait "
                     f"{times.data_wait:.1f} s ({100 * times.wait_share:.0f}%)  "
                     f"{row['seconds']:.1f} s" + ("  (best)" if is_best else ""),

@@ -26,7 +26,7 @@ import torch
 from fake_kaggle import FAST_TRAIN_FLAGS, cli_env, write_bad_files
 from torch import nn
 
-from fastconv import backend, train, training
+from fastconv import backend, predict, train, training
 from fastconv.checkpoint import load_checkpoint, save_checkpoint
 from fastconv.data import CLASS_NAMES, write_demo_dataset
 from fastconv.plots import plot_confusion_matrix
@@ -275,10 +275,12 @@ def test_nan_loss_stops_the_run(demo_data, tmp_path, monkeypatch, capsys):
 def test_resume_restores_every_part_of_the_state(demo_data, tmp_path, monkeypatch):
     """Change each part of a checkpoint; a resumed Trainer holds exactly the changed values.
 
-    (fp16, so that the GradScaler has a state; the Trainer is inspected right after loading.)
+    (fp16, so that the GradScaler has a state, and --ema; the Trainer is inspected right after
+    loading.)
     """
     run = tmp_path / "run"
-    flags = [f"--data={demo_data}", "--epochs=2", f"--out={run}", "--amp=fp16", *TINY_FLAGS]
+    flags = [f"--data={demo_data}", "--epochs=2", f"--out={run}", "--amp=fp16", "--ema=0.9"]
+    flags += TINY_FLAGS
     patch_training_forward(monkeypatch, ctrl_c_at(2))
     assert train.main(flags) == train.EXIT_INTERRUPTED
     monkeypatch.undo()
@@ -288,6 +290,9 @@ def test_resume_restores_every_part_of_the_state(demo_data, tmp_path, monkeypatc
 
     for tensor in state["model"].values():
         tensor.add_(3)
+    for tensor in state["ema_model"].values():
+        tensor.add_(5)
+    state["ema_updates"] += 10
     for buffers in state["optimizer"]["state"].values():
         buffers["exp_avg"].add_(0.5)
         buffers["step"].add_(1)
@@ -322,8 +327,8 @@ def test_resume_restores_every_part_of_the_state(demo_data, tmp_path, monkeypatc
     with pytest.raises(Restored):
         train.main([f"--resume={run / 'changed.pt'}", "--workers=0", "--backend=torch"])
     for key in (
-        "model", "optimizer", "scheduler", "scaler", "epoch", "step", "epoch_sums", "history",
-        "best_val_acc", "best_confusion",
+        "model", "ema_model", "ema_updates", "optimizer", "scheduler", "scaler", "epoch", "step",
+        "epoch_sums", "history", "best_val_acc", "best_confusion",
     ):  # fmt: skip
         assert_same_value(restored[key], state[key], key)
 
@@ -531,6 +536,8 @@ def early_error_cases() -> list:
         (["--shift=64"], {}, "--shift"),
         (["--label-smoothing=1"], {}, "--label-smoothing"),
         (["--label-smoothing=-0.1"], {}, "--label-smoothing"),
+        (["--ema=1"], {}, "--ema"),
+        (["--ema=-0.1"], {}, "--ema"),
         (["--backend=bogus"], {}, "--backend"),
         ([], {"FASTCONV_BACKEND": "bogus"}, "FASTCONV_BACKEND"),
     ]
@@ -640,6 +647,7 @@ def test_unusable_resume_checkpoint_exits_2_with_one_line(kind, reference_run, t
         ("--no-channels-last", "--channels-last False conflicts with True"),
         ("--label-smoothing=0.2", "--label-smoothing 0.2 conflicts with 0.0"),
         ("--no-tta", "--tta False conflicts with True"),
+        ("--ema=0.9", "--ema 0.9 conflicts with 0.0"),
         ("--data=elsewhere", "--data elsewhere conflicts with"),
         ("--epochs=1", "--epochs 1 is fewer than"),
     ],
@@ -971,7 +979,7 @@ def test_shift_sets_the_largest_random_translation(flags, shift, demo_data, tmp_
 
 
 def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run, tmp_path):
-    """A checkpoint written before --label-smoothing/--tta existed trained without them."""
+    """A checkpoint written before --label-smoothing/--tta/--ema existed trained without them."""
     state = load_checkpoint(reference_run / "last.pt")
     for name in train.SETTINGS_BEFORE_THEIR_FLAG:
         del state["args"][name]
@@ -981,3 +989,41 @@ def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run,
     args, given = train.parse_args(["--resume=x/last.pt"])
     merged = train.merge_resumed_args(state["args"], args, given, "old.pt")
     assert merged.label_smoothing == 0.0 and merged.tta is False and merged.shift is None
+    assert merged.ema == 0.0
+
+
+def test_ema_is_validated_saved_and_predicted_with(demo_data, tmp_path, monkeypatch):
+    """--ema: validation scores the averaged weights, last.pt holds them beside the trained
+    ones, and predict loads them."""
+    validated = []
+    evaluate = training.evaluate
+
+    def spy(model, *args, **kwargs):
+        validated.append({k: v.clone() for k, v in model.state_dict().items()})
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    run = tmp_path / "run"
+    assert train.main(run_flags(demo_data, run, "--ema=0.8")) == 0
+    state = load_checkpoint(run / "last.pt")
+    assert state["args"]["ema"] == 0.8
+    assert state["ema_updates"] == EPOCHS * STEPS_PER_EPOCH
+    assert len(validated) == EPOCHS
+    assert_same_value(validated[-1], state["ema_model"], "validated weights")
+    assert not torch.equal(state["ema_model"]["head.3.weight"], state["model"]["head.3.weight"])
+    model = predict.load_model(state, torch.device("cpu"))
+    assert_same_value(model.state_dict(), state["ema_model"], "predicted weights")
+
+
+def test_ctrl_c_then_resume_keeps_the_ema(demo_data, tmp_path, monkeypatch):
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert train.main(run_flags(demo_data, reference, "--ema=0.8")) == 0
+    patch_training_forward(monkeypatch, ctrl_c_at(STEPS_PER_EPOCH + 2))
+    assert train.main(run_flags(demo_data, run, "--ema=0.8")) == train.EXIT_INTERRUPTED
+    monkeypatch.undo()
+    skip_figures(monkeypatch)
+    assert train.main([f"--resume={run / 'last.pt'}", "--workers=0", "--backend=torch"]) == 0
+    assert_same_run(run, reference)
+    got, want = load_checkpoint(run / "last.pt"), load_checkpoint(reference / "last.pt")
+    for key in ("ema_model", "ema_updates"):
+        assert_same_value(got[key], want[key], key)

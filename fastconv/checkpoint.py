@@ -90,6 +90,10 @@ def check_state_dict_fits(model: torch.nn.Module, state_dict: dict, source: str)
 
     ``load_state_dict`` itself reports a mismatch as a many-line RuntimeError listing every key.
     """
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(
+            f"{source}: its weights are a {type(state_dict).__name__}, not a dict of tensors"
+        )
     expected = model.state_dict()
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     missing = [k for k in expected if k not in state_dict]

@@ -219,8 +219,9 @@ def load_model(
     if not isinstance(args["channels_last"], bool):
         raise CheckpointError(f"{source} has channels_last {args['channels_last']!r}, not a bool")
     model = build_model(name, num_classes=len(class_names))
-    weights = checkpoint.get("ema_model", checkpoint["model"])  # a run with --ema: its average
-    check_state_dict_fits(model, weights, f"{source} (model {name!r} in its args)")
+    which = "ema_model" if "ema_model" in checkpoint else "model"  # --ema: the average
+    weights = checkpoint[which]
+    check_state_dict_fits(model, weights, f"{source} ({which} of model {name!r} in its args)")
     model.load_state_dict(weights)
     memory_format = torch.channels_last if args["channels_last"] else torch.contiguous_format
     return model.to(device, memory_format=memory_format).eval()

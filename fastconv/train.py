@@ -139,12 +139,12 @@ def build_parser(defaults: bool = True) -> Parser:
     )
     add(
         "--ema",
-        0.0,
+        0.999,
         type=float_at_least(0.0, 1.0),
         metavar="DECAY",
         help="validate, save and predict with an exponential moving average of the weights, "
         "updated after every step with this decay (warmed up as (1+n)/(10+n) over the first "
-        "steps; see fastconv/ema.py); 0: off, the trained weights",
+        "steps; see fastconv/ema.py); 0: the trained weights themselves",
     )
     add(
         "--tta",

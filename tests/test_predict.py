@@ -174,7 +174,7 @@ def test_resnet18_checkpoint_is_rebuilt_for_prediction(tmp_path, capsys):
     code, out, err = run_cli([*argv, "--no-tta"], capsys)
     assert code == 0, err
     plain = small_image_resnet("resnet18")
-    plain.load_state_dict(load_checkpoint(run / "last.pt")["model"])
+    plain.load_state_dict(load_checkpoint(run / "last.pt")["ema_model"])  # --ema's default
     with torch.no_grad():
         logits = plain.eval()(normalize(torch.from_numpy(load_image(image, 8)[None])))
     expected = torch.softmax(logits, dim=1)[0, 1].item()
@@ -280,7 +280,12 @@ def torchvision_weights_with_fastconv_args(good: Path, path: Path) -> None:
     import torchvision
 
     resnet = torchvision.models.resnet18(weights=None).state_dict()
-    edit_checkpoint(good, path, lambda state: state.update(model=resnet))
+
+    def paste(state: dict) -> None:  # a hand-made checkpoint: torchvision's weights only
+        state.pop("ema_model")
+        state.update(model=resnet)
+
+    edit_checkpoint(good, path, paste)
 
 
 def set_arg(key, value):
@@ -324,20 +329,26 @@ BAD_CHECKPOINTS = {
     "img_size not an int": (set_arg("img_size", "32"), "img_size '32'"),
     "channels_last not a bool": (set_arg("channels_last", "yes"), "channels_last 'yes'"),
     "missing weight": (
-        lambda good, path: edit_checkpoint(good, path, lambda s: s["model"].pop("head.3.weight")),
+        lambda good, path: edit_checkpoint(
+            good, path, lambda s: s["ema_model"].pop("head.3.weight")
+        ),
         "1 missing: head.3.weight",
     ),
     "extra weight": (
         lambda good, path: edit_checkpoint(
-            good, path, lambda s: s["model"].update({"head.4.weight": torch.zeros(2)})
+            good, path, lambda s: s["ema_model"].update({"head.4.weight": torch.zeros(2)})
         ),
         "1 unexpected: head.4.weight",
     ),
     "weights not tensors": (
         lambda good, path: edit_checkpoint(
-            good, path, lambda s: s["model"].update({"head.3.bias": [0.0, 0.0]})
+            good, path, lambda s: s["ema_model"].update({"head.3.bias": [0.0, 0.0]})
         ),
         "not tensors: head.3.bias",
+    ),
+    "ema weights not a dict": (
+        lambda good, path: edit_checkpoint(good, path, lambda s: s.update(ema_model=[1.0])),
+        "its weights are a list, not a dict of tensors",
     ),
     "other classes": (
         lambda good, path: edit_checkpoint(

@@ -114,8 +114,12 @@ def assert_same_value(a, b, where: str = "state") -> None:
 def assert_same_run(run: Path, reference: Path) -> None:
     """Bit-identical weights, optimizer and schedule, identical history but wall-clock columns."""
     got, want = load_checkpoint(run / "last.pt"), load_checkpoint(reference / "last.pt")
+    assert got.keys() == want.keys()
     for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "best_val_acc"):
         assert_same_value(got[key], want[key], key)
+    if "ema_model" in want:  # --ema (the default)
+        for key in ("ema_model", "ema_updates"):
+            assert_same_value(got[key], want[key], key)
     rows, want_rows = read_history(run), read_history(reference)
     assert len(rows) == len(want_rows) == EPOCHS
     for row, want_row in zip(rows, want_rows, strict=True):
@@ -647,7 +651,7 @@ def test_unusable_resume_checkpoint_exits_2_with_one_line(kind, reference_run, t
         ("--no-channels-last", "--channels-last False conflicts with True"),
         ("--label-smoothing=0.2", "--label-smoothing 0.2 conflicts with 0.0"),
         ("--no-tta", "--tta False conflicts with True"),
-        ("--ema=0.9", "--ema 0.9 conflicts with 0.0"),
+        ("--ema=0.9", "--ema 0.9 conflicts with 0.999"),
         ("--data=elsewhere", "--data elsewhere conflicts with"),
         ("--epochs=1", "--epochs 1 is fewer than"),
     ],
@@ -961,7 +965,7 @@ def test_label_smoothing_reaches_the_training_loss(demo_data, tmp_path, monkeypa
     assert train.main(flags) == 0
     assert smoothing == [0.25] * STEPS_PER_EPOCH
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["args"]
-    assert saved["label_smoothing"] == 0.25 and saved["tta"] is True
+    assert saved["label_smoothing"] == 0.25 and saved["tta"] is True and saved["ema"] == 0.999
 
 
 @pytest.mark.parametrize(("flags", "shift"), [([], 2), (["--shift=5"], 5), (["--shift=0"], 0)])
@@ -1015,15 +1019,19 @@ def test_ema_is_validated_saved_and_predicted_with(demo_data, tmp_path, monkeypa
     assert_same_value(model.state_dict(), state["ema_model"], "predicted weights")
 
 
-def test_ctrl_c_then_resume_keeps_the_ema(demo_data, tmp_path, monkeypatch):
-    reference, run = tmp_path / "reference", tmp_path / "run"
-    assert train.main(run_flags(demo_data, reference, "--ema=0.8")) == 0
-    patch_training_forward(monkeypatch, ctrl_c_at(STEPS_PER_EPOCH + 2))
-    assert train.main(run_flags(demo_data, run, "--ema=0.8")) == train.EXIT_INTERRUPTED
-    monkeypatch.undo()
-    skip_figures(monkeypatch)
-    assert train.main([f"--resume={run / 'last.pt'}", "--workers=0", "--backend=torch"]) == 0
-    assert_same_run(run, reference)
-    got, want = load_checkpoint(run / "last.pt"), load_checkpoint(reference / "last.pt")
-    for key in ("ema_model", "ema_updates"):
-        assert_same_value(got[key], want[key], key)
+def test_ema_0_validates_saves_and_predicts_the_trained_weights(demo_data, tmp_path, monkeypatch):
+    validated = []
+    evaluate = training.evaluate
+
+    def spy(model, *args, **kwargs):
+        validated.append({k: v.clone() for k, v in model.state_dict().items()})
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    run = tmp_path / "run"
+    assert train.main(run_flags(demo_data, run, "--epochs=1", "--ema=0")) == 0
+    state = load_checkpoint(run / "last.pt")
+    assert "ema_model" not in state and "ema_updates" not in state
+    assert_same_value(validated[-1], state["model"], "validated weights")
+    model = predict.load_model(state, torch.device("cpu"))
+    assert_same_value(model.state_dict(), state["model"], "predicted weights")

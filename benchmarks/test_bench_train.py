@@ -1,8 +1,9 @@
 """CPU training throughput of each ``--model``: fastconv layers vs the same net in torch.nn.
 
-For every model ``fastconv.train`` offers (the project's ``catdog`` and torchvision's
-``resnet18`` converted by ``fastconv.layers.convert``), one case trains the fastconv model
-and its plain torch.nn twin with the same weights (``catdog``: ``benchmarks.twin``;
+For the models ``fastconv.train`` offers (the project's ``catdog`` and ``catdog-res`` and
+torchvision's ``resnet18`` converted by ``fastconv.layers.convert``), one case trains the
+fastconv model and its plain torch.nn twin with the same weights (``catdog``, ``catdog-res``:
+``benchmarks.twin``;
 ``resnet18``: the unconverted torchvision net) and reports images/s for both and their ratio
 (fastconv / torch.nn: 1.0 or more means fastconv is not slower). The two models take turns,
 one step each per round on the same fresh batch, so a change of load on a shared machine hits
@@ -32,7 +33,7 @@ from benchmarks.twin import torch_nn_twin
 from fastconv.backend import use_backend
 from fastconv.models import RESNETS, build_model
 
-IMAGE_SIZES = {"catdog": 64, "resnet18": 32}  # model -> px
+IMAGE_SIZES = {"catdog": 64, "catdog-res": 64, "resnet18": 32}  # model -> px
 BATCH = 8
 ROUNDS = 5
 WARMUP_ROUNDS = 1

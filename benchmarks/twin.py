@@ -1,9 +1,11 @@
 """The torch.nn twin of a model built from fastconv.layers: same weights, plain torch modules.
 
 Each fastconv layer becomes the torch.nn module it stands for: ``Conv2dReLU`` becomes
-``nn.Sequential(nn.Conv2d, nn.ReLU)`` (convolution then ReLU, what users write today), the
-pooling layers become torch's. Parameters and buffers are copied (memory format kept),
-everything else in the model is deep-copied as is.
+``nn.Sequential(nn.Conv2d, nn.ReLU)`` (convolution then ReLU, what users write today),
+``Conv2dBatchNormAct`` a convolution, the BatchNorm it is given, the residual add and the
+activation in torch (:class:`ConvBatchNormAct`), the pooling layers torch's. Parameters
+and buffers are copied (memory format kept), everything else in the model is deep-copied as
+is.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import copy
 
 from torch import nn
 
-from fastconv import layers
+from fastconv import conv_bn, layers
+from fastconv.activations import reference_activation
+
+FASTCONV_MODULES = (layers.__name__, conv_bn.__name__)
 
 
 def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
@@ -35,8 +40,25 @@ def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return plain
 
 
+class ConvBatchNormAct(nn.Module):
+    """``act(batchnorm(conv(x)) [+ residual])`` in torch: ``Conv2dBatchNormAct``'s twin, with
+    its call signature ``(input, batchnorm, residual=None)``."""
+
+    def __init__(self, conv: nn.Conv2d, activation: str, negative_slope: float) -> None:
+        super().__init__()
+        self.conv, self.activation, self.negative_slope = conv, activation, negative_slope
+
+    def forward(self, input, batchnorm: nn.BatchNorm2d, residual=None):
+        z = batchnorm(self.conv(input))
+        if residual is not None:
+            z = z + residual
+        return reference_activation(z, self.activation, self.negative_slope)
+
+
 def torch_layer(module: nn.Module) -> nn.Module:
     """The plain torch.nn equivalent of one fastconv layer."""
+    if isinstance(module, conv_bn.Conv2dBatchNormAct):
+        return ConvBatchNormAct(_copy_conv(module), module.activation, module.negative_slope)
     if isinstance(module, layers.Conv2dReLU):
         return nn.Sequential(_copy_conv(module), nn.ReLU())
     if isinstance(module, nn.Conv2d):
@@ -68,6 +90,6 @@ def torch_nn_twin(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model)
     for parent in list(twin.modules()):
         for name, child in list(parent.named_children()):
-            if type(child).__module__ == layers.__name__:
+            if type(child).__module__ in FASTCONV_MODULES:
                 setattr(parent, name, torch_layer(child))
     return twin

@@ -131,8 +131,9 @@ def test_score_report_table():
 
 @pytest.fixture
 def default_ctrl_c():
-    """SIGINT handled as in a fresh Python process (KeyboardInterrupt), whatever code that ran
-    earlier in this test process left as its handler; restored afterwards."""
+    """SIGINT handled as in a Python process started from a terminal (KeyboardInterrupt);
+    restored afterwards. A pytest started in the background by a non-interactive shell
+    (``.ci/run &``) inherits SIGINT ignored, and Python then keeps it ignored."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)

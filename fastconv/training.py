@@ -519,6 +519,16 @@ class ProgressBar(tqdm):
         return super().refresh(*args, **kwargs)
 
 
+def _load_weights(module: nn.Module, weights: dict, source: str) -> None:
+    """``module.load_state_dict(weights)`` once :func:`check_state_dict_fits` passed; a
+    mismatch is one CLIError line naming ``source``."""
+    try:
+        check_state_dict_fits(module, weights, source)
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+    module.load_state_dict(weights)
+
+
 class Trainer:
     """The model, optimizer, schedule and progress of one training process.
 
@@ -593,11 +603,7 @@ class Trainer:
         With another ``--epochs`` the one-cycle schedule is rebuilt for the new total and
         continues from the step reached (:meth:`_continue_schedule`).
         """
-        try:
-            check_state_dict_fits(self.model, state["model"], f"--resume {source}")
-        except CheckpointError as exc:
-            raise CLIError(str(exc)) from None
-        self.model.load_state_dict(state["model"])
+        _load_weights(self.model, state["model"], f"--resume {source}")
         if self.ema is not None:
             self._load_ema(state, source)
         schedule = state["scheduler"]
@@ -624,11 +630,7 @@ class Trainer:
         updates = state.get("ema_updates")
         if type(updates) is not int or updates < 0 or not isinstance(state.get("ema_model"), dict):
             raise CLIError(f"--resume {source}: its run has --ema but no valid EMA weights")
-        try:
-            check_state_dict_fits(self.ema.module, state["ema_model"], f"--resume {source} (EMA)")
-        except CheckpointError as exc:
-            raise CLIError(str(exc)) from None
-        self.ema.module.load_state_dict(state["ema_model"])
+        _load_weights(self.ema.module, state["ema_model"], f"--resume {source} (EMA)")
         self.ema.n_averaged.fill_(updates)
 
     def _continue_schedule(self, steps_done: int) -> None:

@@ -996,9 +996,8 @@ def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run,
     assert merged.ema == 0.0
 
 
-def test_ema_is_validated_saved_and_predicted_with(demo_data, tmp_path, monkeypatch):
-    """--ema: validation scores the averaged weights, last.pt holds them beside the trained
-    ones, and predict loads them."""
+def record_validated_weights(monkeypatch) -> list[dict]:
+    """A copy of the weights each validation (``training.evaluate``) scores, in order."""
     validated = []
     evaluate = training.evaluate
 
@@ -1007,6 +1006,13 @@ def test_ema_is_validated_saved_and_predicted_with(demo_data, tmp_path, monkeypa
         return evaluate(model, *args, **kwargs)
 
     monkeypatch.setattr(training, "evaluate", spy)
+    return validated
+
+
+def test_ema_is_validated_saved_and_predicted_with(demo_data, tmp_path, monkeypatch):
+    """--ema: validation scores the averaged weights, last.pt holds them beside the trained
+    ones, and predict loads them."""
+    validated = record_validated_weights(monkeypatch)
     run = tmp_path / "run"
     assert train.main(run_flags(demo_data, run, "--ema=0.8")) == 0
     state = load_checkpoint(run / "last.pt")
@@ -1020,14 +1026,7 @@ def test_ema_is_validated_saved_and_predicted_with(demo_data, tmp_path, monkeypa
 
 
 def test_ema_0_validates_saves_and_predicts_the_trained_weights(demo_data, tmp_path, monkeypatch):
-    validated = []
-    evaluate = training.evaluate
-
-    def spy(model, *args, **kwargs):
-        validated.append({k: v.clone() for k, v in model.state_dict().items()})
-        return evaluate(model, *args, **kwargs)
-
-    monkeypatch.setattr(training, "evaluate", spy)
+    validated = record_validated_weights(monkeypatch)
     run = tmp_path / "run"
     assert train.main(run_flags(demo_data, run, "--epochs=1", "--ema=0")) == 0
     state = load_checkpoint(run / "last.pt")

@@ -2,6 +2,7 @@
 
 Each fastconv layer becomes the torch.nn module it stands for: ``Conv2dReLU`` becomes
 ``nn.Sequential(nn.Conv2d, nn.ReLU)`` (convolution then ReLU, what users write today),
+``Conv2dAct`` a convolution then its activation in torch (:class:`Activation`),
 ``Conv2dBatchNormAct`` a convolution, the BatchNorm it is given, the residual add and the
 activation in torch (:class:`ConvBatchNormAct`), the pooling layers torch's. Parameters
 and buffers are copied (memory format kept), everything else in the model is deep-copied as
@@ -55,12 +56,26 @@ class ConvBatchNormAct(nn.Module):
         return reference_activation(z, self.activation, self.negative_slope)
 
 
+class Activation(nn.Module):
+    """``act(x)`` in torch (``F.silu``, ``F.gelu``...): ``Conv2dAct``'s activation, unfused."""
+
+    def __init__(self, activation: str, negative_slope: float) -> None:
+        super().__init__()
+        self.activation, self.negative_slope = activation, negative_slope
+
+    def forward(self, x):
+        return reference_activation(x, self.activation, self.negative_slope)
+
+
 def torch_layer(module: nn.Module) -> nn.Module:
     """The plain torch.nn equivalent of one fastconv layer."""
     if isinstance(module, conv_bn.Conv2dBatchNormAct):
         return ConvBatchNormAct(_copy_conv(module), module.activation, module.negative_slope)
     if isinstance(module, layers.Conv2dReLU):
         return nn.Sequential(_copy_conv(module), nn.ReLU())
+    if isinstance(module, layers.Conv2dAct):
+        activation = Activation(module.activation, module.negative_slope)
+        return nn.Sequential(_copy_conv(module), activation)
     if isinstance(module, nn.Conv2d):
         return _copy_conv(module)
     if isinstance(module, nn.MaxPool2d):

@@ -218,7 +218,11 @@ def load_model(
         )
     if not isinstance(args["channels_last"], bool):
         raise CheckpointError(f"{source} has channels_last {args['channels_last']!r}, not a bool")
-    model = build_model(name, num_classes=len(class_names))
+    activation = args.get("activation", "relu")  # checkpoints from before --activation: relu
+    try:
+        model = build_model(name, num_classes=len(class_names), activation=activation)
+    except ValueError as error:
+        raise CheckpointError(f"{source}: {error}") from None
     which = "ema_model" if "ema_model" in checkpoint else "model"  # --ema: the average
     weights = checkpoint[which]
     check_state_dict_fits(model, weights, f"{source} ({which} of model {name!r} in its args)")

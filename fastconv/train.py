@@ -31,7 +31,14 @@ from fastconv.cli import (
     float_at_least,
     int_at_least,
 )
-from fastconv.models import MODELS, halvings, min_input_size
+from fastconv.models import (
+    CATDOG_ACTIVATIONS,
+    CATDOG_WIDTHS,
+    MODELS,
+    default_activation,
+    halvings,
+    min_input_size,
+)
 
 __all__ = [
     "AMP_CHOICES",
@@ -121,6 +128,14 @@ def build_parser(defaults: bool = True) -> Parser:
         "project's VGG-style nets, catdog-res its residual net (conv-BN-ReLU, two residual "
         "blocks); resnet18 is torchvision's (random init, 3x3 stride-1 stem, no max pool) "
         "converted to fastconv layers, to compare against",
+    )
+    add(
+        "--activation",
+        None,
+        choices=CATDOG_ACTIVATIONS,
+        help="activation of the catdog nets' fused convolutions; default: "
+        f"{CATDOG_ACTIVATIONS[0]} for them (docs/training-recipe.md, row S1), relu for "
+        "catdog-res and resnet18, which have it built in and take no other",
     )
     add(
         "--shift",
@@ -232,6 +247,18 @@ def default_shift(img_size: int) -> int:
     return max(img_size // 8, 1)
 
 
+def resolve_activation(args: argparse.Namespace) -> None:
+    """Fill in ``--activation`` left out with ``--model``'s default; a CLIError names a
+    combination the model cannot be built with."""
+    if args.activation is None:
+        args.activation = default_activation(args.model)
+    elif args.model not in CATDOG_WIDTHS and args.activation != "relu":
+        raise CLIError(
+            f"--activation {args.activation} does not apply to --model {args.model}: it has "
+            "relu built in (--activation is for the catdog nets)"
+        )
+
+
 def check_img_size(args: argparse.Namespace) -> None:
     """``--img-size`` must survive every halving of ``--model``, and ``--shift`` stay inside
     the image: a CLIError names the flag."""
@@ -256,7 +283,13 @@ def _same(name: str, given, saved) -> bool:
 
 # Settings added after checkpoints were first written: the value a checkpoint without them
 # was trained with (so resuming it keeps its recipe, whatever the flag's default is now).
-SETTINGS_BEFORE_THEIR_FLAG = {"shift": None, "label_smoothing": 0.0, "tta": False, "ema": 0.0}
+SETTINGS_BEFORE_THEIR_FLAG = {
+    "shift": None,
+    "label_smoothing": 0.0,
+    "tta": False,
+    "ema": 0.0,
+    "activation": "relu",
+}
 
 
 def merge_resumed_args(
@@ -309,6 +342,7 @@ _SAVED_VALUE_CHECKS = {
     "weight_decay": lambda v: _is_number(v) and v >= 0,
     "img_size": lambda v: _is_int(v, 1),
     "model": lambda v: v in MODELS,
+    "activation": lambda v: v in CATDOG_ACTIVATIONS,
     "shift": lambda v: v is None or _is_int(v, 0),
     "label_smoothing": lambda v: _is_number(v) and 0 <= v < 1,
     "tta": lambda v: isinstance(v, bool),
@@ -328,6 +362,7 @@ def _check_saved_values(args: argparse.Namespace, source: str) -> None:
         value = getattr(args, name)
         if not valid(value):
             raise CLIError(f"--resume {source} holds an invalid {name} setting: {value!r}")
+    resolve_activation(args)
     check_img_size(args)
 
 
@@ -340,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     args, given = parse_args(argv)
 
     def run() -> int:
-        if args.resume is None:
-            check_img_size(args)  # before torch is imported and images are cached
+        if args.resume is None:  # before torch is imported and images are cached
+            resolve_activation(args)
+            check_img_size(args)
         from fastconv import training
 
         return training.run(args, given)

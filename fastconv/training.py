@@ -538,7 +538,9 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace, proc: Process, steps_per_epoch: int) -> None:
         self.args, self.proc, self.steps_per_epoch = args, proc, steps_per_epoch
-        self.model = build_model(args.model, num_classes=len(CLASS_NAMES))
+        self.model = build_model(
+            args.model, num_classes=len(CLASS_NAMES), activation=args.activation
+        )
         layout = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model.to(proc.device, memory_format=layout)
         self.optimizer = build_optimizer(self.model, args.lr, args.weight_decay)

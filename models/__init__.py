@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["MODELS", "CatDogNet", "build_model", "halvings", "min_input_size"]
+__all__ = [
+    "CATDOG_ACTIVATIONS",
+    "MODELS",
+    "CatDogNet",
+    "build_model",
+    "default_activation",
+    "halvings",
+    "min_input_size",
+]
 
 # name -> channels per stage of a CatDogNet; every stage is two fused 3x3 conv-ReLU +
 # BatchNorm, then a 2x2 max pool.
@@ -29,6 +37,9 @@ CATDOG_RES_WIDTHS = {"catdog-res": (32, 64, 128, 256)}
 # (fastconv.models.resnet): name -> how many times they halve H and W (three strided stages).
 RESNETS = {"resnet18": 3}
 MODELS = (*CATDOG_WIDTHS, *CATDOG_RES_WIDTHS, *RESNETS)  # every name build_model takes
+# The activations a CatDogNet can be built with, its default first (SiLU: docs/
+# training-recipe.md, row S1). catdog-res and the resnets have ReLU built in.
+CATDOG_ACTIVATIONS = ("silu", "relu", "gelu")
 
 
 def _check_name(name: str) -> None:
@@ -49,9 +60,27 @@ def min_input_size(name: str) -> int:
     return 2 ** halvings(name)
 
 
-def build_model(name: str = "catdog", num_classes: int = 2) -> nn.Module:
-    """A freshly initialised model named in :data:`MODELS`."""
+def default_activation(name: str) -> str:
+    """The activation model ``name`` is built with when none is asked for."""
     _check_name(name)
+    return CATDOG_ACTIVATIONS[0] if name in CATDOG_WIDTHS else "relu"
+
+
+def build_model(
+    name: str = "catdog", num_classes: int = 2, activation: str | None = None
+) -> nn.Module:
+    """A freshly initialised model named in :data:`MODELS`.
+
+    ``activation`` (default: :func:`default_activation`) is one of :data:`CATDOG_ACTIVATIONS`
+    for the catdog nets; the others take only ``"relu"``, which they have built in.
+    """
+    _check_name(name)
+    activation = activation or default_activation(name)
+    allowed = CATDOG_ACTIVATIONS if name in CATDOG_WIDTHS else ("relu",)
+    if activation not in allowed:
+        raise ValueError(
+            f"model {name} can be built with activation {' or '.join(allowed)}, not {activation!r}"
+        )
     if name in RESNETS:
         from fastconv.models.resnet import build_resnet
 
@@ -62,7 +91,7 @@ def build_model(name: str = "catdog", num_classes: int = 2) -> nn.Module:
         return CatDogResNet(CATDOG_RES_WIDTHS[name], num_classes=num_classes)
     from fastconv.models.catdog import CatDogNet
 
-    return CatDogNet(CATDOG_WIDTHS[name], num_classes=num_classes)
+    return CatDogNet(CATDOG_WIDTHS[name], num_classes=num_classes, activation=activation)
 
 
 def __getattr__(name: str):

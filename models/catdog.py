@@ -1,9 +1,10 @@
 """VGG-style dogs-vs-cats CNN built from fastconv's fused layers.
 
-Each stage is two 3x3 ``Conv2dReLU`` (conv + bias + ReLU in one kernel), each followed by
-BatchNorm, then a 2x2 max pool; a global average pool and a linear head finish. BatchNorm
-sits after the fused ReLU so the convolution, bias and ReLU stay one kernel (DESIGN.md:
-89.0% with it vs 77.8% without on real data at 64 px). Works at any input size >= 2**stages.
+Each stage is two 3x3 ``Conv2dAct`` (conv + bias + activation in one kernel; SiLU by default),
+each followed by BatchNorm, then a 2x2 max pool; a global average pool and a linear head
+finish. BatchNorm sits after the fused activation so the convolution, bias and activation stay
+one kernel (DESIGN.md: 89.0% with it vs 77.8% without on real data at 64 px). SiLU rather than
+ReLU: docs/training-recipe.md, row S1. Works at any input size >= 2**stages.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from fastconv.layers import AdaptiveAvgPool2d, Conv2dReLU, MaxPool2d
+from fastconv.layers import AdaptiveAvgPool2d, Conv2dAct, MaxPool2d
 
 __all__ = ["CatDogNet", "init_cnn_weights"]
 
@@ -36,11 +37,16 @@ def init_cnn_weights(model: nn.Module) -> None:
 class CatDogNet(nn.Module):
     """(N, 3, H, W) float images -> (N, num_classes) logits.
 
-    ``widths`` gives the channels of each stage; every stage halves H and W.
+    ``widths`` gives the channels of each stage; every stage halves H and W. ``activation``
+    is the fused convolutions' (a name from :data:`fastconv.activations.ACTIVATIONS`).
     """
 
     def __init__(
-        self, widths: Sequence[int] = (32, 64, 128, 256), num_classes: int = 2, dropout: float = 0.2
+        self,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        num_classes: int = 2,
+        dropout: float = 0.2,
+        activation: str = "silu",
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -48,7 +54,7 @@ class CatDogNet(nn.Module):
         for width in widths:
             for _ in range(2):
                 layers += [
-                    Conv2dReLU(in_channels, width, kernel_size=3, padding=1),
+                    Conv2dAct(in_channels, width, 3, padding=1, activation=activation),
                     nn.BatchNorm2d(width),
                 ]
                 in_channels = width

@@ -1,16 +1,27 @@
-"""fastconv.models.catdog_res: the residual net on fastconv's kernels against the same net written
-in plain torch.nn (float64): output, input gradient and every parameter gradient, in eval mode
-(BatchNorm, skip connection and ReLU folded into each convolution) and in train mode, with no
-aten convolution or pooling running."""
+"""fastconv.models: the catdog nets (VGG-style and residual) on fastconv's kernels against the
+same nets written in plain torch.nn (float64): output, input gradient and every parameter
+gradient, with no aten convolution or pooling running. The residual net runs in eval mode
+(BatchNorm, skip connection and ReLU folded into each convolution) and in train mode."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import assert_model_matches_float64
 from torch import nn
 
-from fastconv.models import build_model, halvings, min_input_size
+from fastconv import layers
+from fastconv.models import (
+    CATDOG_ACTIVATIONS,
+    build_model,
+    default_activation,
+    halvings,
+    min_input_size,
+)
+from fastconv.models.catdog import CatDogNet
 from fastconv.models.catdog_res import CatDogResNet
 
 WIDTHS = (4, 8, 8, 16)
@@ -106,3 +117,61 @@ def test_catdog_res_is_offered_by_name():
 def test_catdog_res_needs_four_widths():
     with pytest.raises(ValueError, match="widths must give 4 channel counts"):
         CatDogResNet((8, 16, 32))
+
+
+class TorchConvAct(nn.Conv2d):
+    """``act(conv2d(x) + bias)`` in torch: ``Conv2dAct``'s twin, with the same parameter names."""
+
+    def __init__(self, conv: layers.Conv2dAct) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=1)
+        self.act = getattr(F, conv.activation)
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+def _torch_catdog(model: CatDogNet) -> nn.Module:
+    """``model`` in float64 torch.nn: each fused conv unfused, torch's pools."""
+    twin = copy.deepcopy(model).double()
+    for index, module in enumerate(twin.features):
+        if isinstance(module, layers.Conv2dAct):
+            twin.features[index] = TorchConvAct(module).double()
+        elif isinstance(module, layers.MaxPool2d):
+            twin.features[index] = nn.MaxPool2d(2)
+    twin.head[0] = nn.AdaptiveAvgPool2d(1)
+    twin.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    return twin
+
+
+@pytest.mark.parametrize("activation", CATDOG_ACTIVATIONS)
+def test_catdog_matches_torch_nn(activation, device, triton_backend, record_aten_ops):
+    torch.manual_seed(0)
+    model = CatDogNet(WIDTHS, dropout=0.0, activation=activation).to(device)
+    twin = _torch_catdog(model).to(device)
+    x = torch.randn(4, 3, 16, 16, device=device, requires_grad=True)
+    grad_out = torch.randn(4, 2, device=device)
+    with record_aten_ops() as recorder:
+        y = model(x)
+        y.backward(grad_out)
+    assert recorder.forbidden() == []
+    assert_model_matches_float64(model, twin, x, y, grad_out)
+
+
+def test_catdog_nets_default_to_silu_and_take_an_activation():
+    def activations(model: nn.Module) -> set[str]:
+        return {m.activation for m in model.modules() if isinstance(m, layers.Conv2dAct)}
+
+    for name in ("catdog", "catdog-small", "catdog-large"):
+        assert default_activation(name) == "silu"
+        assert activations(build_model(name)) == {"silu"}
+    assert activations(build_model("catdog-small", activation="relu")) == {"relu"}
+    with pytest.raises(ValueError, match="model catdog can be built with activation silu or relu"):
+        build_model("catdog", activation="tanh")
+
+
+@pytest.mark.parametrize("name", ["catdog-res", "resnet18"])
+def test_nets_with_relu_built_in_refuse_another_activation(name):
+    assert default_activation(name) == "relu"
+    build_model(name, activation="relu")
+    with pytest.raises(ValueError, match=f"model {name} can be built with activation relu, not"):
+        build_model(name, activation="silu")

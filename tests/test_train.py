@@ -26,7 +26,7 @@ import torch
 from fake_kaggle import FAST_TRAIN_FLAGS, cli_env, write_bad_files
 from torch import nn
 
-from fastconv import backend, predict, train, training
+from fastconv import backend, layers, predict, train, training
 from fastconv.checkpoint import load_checkpoint, save_checkpoint
 from fastconv.data import CLASS_NAMES, write_demo_dataset
 from fastconv.plots import plot_confusion_matrix
@@ -170,10 +170,11 @@ def test_help_documents_every_flag(capsys):
     for flag in (
         "--data", "--epochs", "--batch-size", "--lr", "--weight-decay", "--img-size", "--model",
         "--amp", "--channels-last", "--device", "--seed", "--workers", "--out", "--resume",
-        "--save-every", "--backend", "--limit", "--val-fraction", "--demo",
+        "--save-every", "--backend", "--limit", "--val-fraction", "--demo", "--activation",
     ):  # fmt: skip
         assert flag in text
     assert "{off,fp16,bf16}" in text and "{auto,triton,torch}" in text
+    assert "{silu,relu,gelu}" in text and "relu for catdog-res and resnet18" in text
     assert "(default: tmp)" in text and "(default: 0.1)" in text
     assert "$FASTCONV_BACKEND" in text
     assert "one-cycle schedule is rebuilt" in text  # how --epochs extends a resumed run
@@ -182,7 +183,8 @@ def test_help_documents_every_flag(capsys):
 
 NO_TORCH_SCRIPT = """
 import runpy, sys
-for argv in (["--help"], ["--lr=0"], ["--img-size=8", "--model=catdog"]):
+for argv in (["--help"], ["--lr=0"], ["--img-size=8", "--model=catdog"],
+             ["--activation=silu", "--model=catdog-res"]):
     sys.argv = ["fastconv.train", *argv]
     try:
         runpy.run_module("fastconv.train", run_name="__main__")
@@ -199,10 +201,11 @@ def test_help_and_argument_errors_import_no_torch():
         [sys.executable, "-c", NO_TORCH_SCRIPT], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("exit 2") == 2 and "exit 0" in result.stdout
+    assert result.stdout.count("exit 2") == 3 and "exit 0" in result.stdout
     assert "usage: python -m fastconv.train" in result.stdout
     assert "argument --lr: must be > 0.0, got 0" in result.stderr
     assert "--img-size 8 is too small for --model catdog" in result.stderr
+    assert "--activation silu does not apply to --model catdog-res" in result.stderr
     assert "heavy: []" in result.stdout
 
 
@@ -542,6 +545,8 @@ def early_error_cases() -> list:
         (["--label-smoothing=-0.1"], {}, "--label-smoothing"),
         (["--ema=1"], {}, "--ema"),
         (["--ema=-0.1"], {}, "--ema"),
+        (["--activation=tanh"], {}, "--activation"),
+        (["--model=catdog-res", "--activation=silu"], {}, "--activation silu does not apply"),
         (["--backend=bogus"], {}, "--backend"),
         ([], {"FASTCONV_BACKEND": "bogus"}, "FASTCONV_BACKEND"),
     ]
@@ -652,6 +657,7 @@ def test_unusable_resume_checkpoint_exits_2_with_one_line(kind, reference_run, t
         ("--label-smoothing=0.2", "--label-smoothing 0.2 conflicts with 0.0"),
         ("--no-tta", "--tta False conflicts with True"),
         ("--ema=0.9", "--ema 0.9 conflicts with 0.999"),
+        ("--activation=relu", "--activation relu conflicts with silu"),
         ("--data=elsewhere", "--data elsewhere conflicts with"),
         ("--epochs=1", "--epochs 1 is fewer than"),
     ],
@@ -983,7 +989,8 @@ def test_shift_sets_the_largest_random_translation(flags, shift, demo_data, tmp_
 
 
 def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run, tmp_path):
-    """A checkpoint written before --label-smoothing/--tta/--ema existed trained without them."""
+    """A checkpoint written before --label-smoothing/--tta/--ema/--activation existed trained
+    without them (and with ReLU)."""
     state = load_checkpoint(reference_run / "last.pt")
     for name in train.SETTINGS_BEFORE_THEIR_FLAG:
         del state["args"][name]
@@ -993,7 +1000,26 @@ def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run,
     args, given = train.parse_args(["--resume=x/last.pt"])
     merged = train.merge_resumed_args(state["args"], args, given, "old.pt")
     assert merged.label_smoothing == 0.0 and merged.tta is False and merged.shift is None
-    assert merged.ema == 0.0
+    assert merged.ema == 0.0 and merged.activation == "relu"
+
+
+def conv_activations(model: nn.Module) -> set[str]:
+    return {m.activation for m in model.modules() if isinstance(m, layers.Conv2dAct)}
+
+
+def test_activation_is_built_saved_and_predicted_with(reference_run, demo_data, tmp_path):
+    """catdog nets train with SiLU unless --activation says otherwise; the checkpoint records
+    it, and predict builds what the weights were trained with (ReLU for older checkpoints)."""
+    state = load_checkpoint(reference_run / "last.pt")  # --activation left out
+    assert state["args"]["activation"] == "silu"
+    assert conv_activations(predict.load_model(state, torch.device("cpu"))) == {"silu"}
+    run = tmp_path / "run"
+    assert train.main(run_flags(demo_data, run, "--epochs=1", "--activation=relu")) == 0
+    state = load_checkpoint(run / "last.pt")
+    assert state["args"]["activation"] == "relu"
+    assert conv_activations(predict.load_model(state, torch.device("cpu"))) == {"relu"}
+    del state["args"]["activation"]  # written before --activation: a ReLU net
+    assert conv_activations(predict.load_model(state, torch.device("cpu"))) == {"relu"}
 
 
 def record_validated_weights(monkeypatch) -> list[dict]:

@@ -33,9 +33,8 @@ from fastconv.cli import (
 )
 from fastconv.models import (
     CATDOG_ACTIVATIONS,
-    CATDOG_WIDTHS,
     MODELS,
-    default_activation,
+    activation_for,
     halvings,
     min_input_size,
 )
@@ -250,13 +249,10 @@ def default_shift(img_size: int) -> int:
 def resolve_activation(args: argparse.Namespace) -> None:
     """Fill in ``--activation`` left out with ``--model``'s default; a CLIError names a
     combination the model cannot be built with."""
-    if args.activation is None:
-        args.activation = default_activation(args.model)
-    elif args.model not in CATDOG_WIDTHS and args.activation != "relu":
-        raise CLIError(
-            f"--activation {args.activation} does not apply to --model {args.model}: it has "
-            "relu built in (--activation is for the catdog nets)"
-        )
+    try:
+        args.activation = activation_for(args.model, args.activation)
+    except ValueError as error:
+        raise CLIError(f"--activation {args.activation} does not fit --model: {error}") from None
 
 
 def check_img_size(args: argparse.Namespace) -> None:

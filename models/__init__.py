@@ -17,13 +17,13 @@ __all__ = [
     "CATDOG_ACTIVATIONS",
     "MODELS",
     "CatDogNet",
+    "activation_for",
     "build_model",
-    "default_activation",
     "halvings",
     "min_input_size",
 ]
 
-# name -> channels per stage of a CatDogNet; every stage is two fused 3x3 conv-ReLU +
+# name -> channels per stage of a CatDogNet; every stage is two fused 3x3 conv-activation +
 # BatchNorm, then a 2x2 max pool.
 CATDOG_WIDTHS = {
     "catdog": (32, 64, 128, 256),
@@ -60,27 +60,27 @@ def min_input_size(name: str) -> int:
     return 2 ** halvings(name)
 
 
-def default_activation(name: str) -> str:
-    """The activation model ``name`` is built with when none is asked for."""
+def activation_for(name: str, activation: str | None = None) -> str:
+    """``activation``, or model ``name``'s default (SiLU for the catdog nets, else ReLU) when
+    it is None; a ValueError when ``name`` cannot be built with it."""
     _check_name(name)
-    return CATDOG_ACTIVATIONS[0] if name in CATDOG_WIDTHS else "relu"
+    allowed = CATDOG_ACTIVATIONS if name in CATDOG_WIDTHS else ("relu",)
+    if activation is None:
+        return allowed[0]
+    if activation not in allowed:
+        raise ValueError(
+            f"model {name} can be built with activation {' or '.join(allowed)}, not {activation!r}"
+        )
+    return activation
 
 
 def build_model(
     name: str = "catdog", num_classes: int = 2, activation: str | None = None
 ) -> nn.Module:
-    """A freshly initialised model named in :data:`MODELS`.
-
-    ``activation`` (default: :func:`default_activation`) is one of :data:`CATDOG_ACTIVATIONS`
-    for the catdog nets; the others take only ``"relu"``, which they have built in.
-    """
-    _check_name(name)
-    activation = activation or default_activation(name)
-    allowed = CATDOG_ACTIVATIONS if name in CATDOG_WIDTHS else ("relu",)
-    if activation not in allowed:
-        raise ValueError(
-            f"model {name} can be built with activation {' or '.join(allowed)}, not {activation!r}"
-        )
+    """A freshly initialised model named in :data:`MODELS`, with ``activation`` (see
+    :func:`activation_for`): one of :data:`CATDOG_ACTIVATIONS` for the catdog nets; the
+    others have ReLU built in."""
+    activation = activation_for(name, activation)
     if name in RESNETS:
         from fastconv.models.resnet import build_resnet
 

@@ -16,8 +16,8 @@ from torch import nn
 from fastconv import layers
 from fastconv.models import (
     CATDOG_ACTIVATIONS,
+    activation_for,
     build_model,
-    default_activation,
     halvings,
     min_input_size,
 )
@@ -162,7 +162,7 @@ def test_catdog_nets_default_to_silu_and_take_an_activation():
         return {m.activation for m in model.modules() if isinstance(m, layers.Conv2dAct)}
 
     for name in ("catdog", "catdog-small", "catdog-large"):
-        assert default_activation(name) == "silu"
+        assert activation_for(name) == "silu"
         assert activations(build_model(name)) == {"silu"}
     assert activations(build_model("catdog-small", activation="relu")) == {"relu"}
     with pytest.raises(ValueError, match="model catdog can be built with activation silu or relu"):
@@ -171,7 +171,7 @@ def test_catdog_nets_default_to_silu_and_take_an_activation():
 
 @pytest.mark.parametrize("name", ["catdog-res", "resnet18"])
 def test_nets_with_relu_built_in_refuse_another_activation(name):
-    assert default_activation(name) == "relu"
+    assert activation_for(name) == "relu"
     build_model(name, activation="relu")
     with pytest.raises(ValueError, match=f"model {name} can be built with activation relu, not"):
         build_model(name, activation="silu")

@@ -205,7 +205,7 @@ def test_help_and_argument_errors_import_no_torch():
     assert "usage: python -m fastconv.train" in result.stdout
     assert "argument --lr: must be > 0.0, got 0" in result.stderr
     assert "--img-size 8 is too small for --model catdog" in result.stderr
-    assert "--activation silu does not apply to --model catdog-res" in result.stderr
+    assert "--activation silu does not fit --model: model catdog-res can be built" in result.stderr
     assert "heavy: []" in result.stdout
 
 
@@ -546,7 +546,7 @@ def early_error_cases() -> list:
         (["--ema=1"], {}, "--ema"),
         (["--ema=-0.1"], {}, "--ema"),
         (["--activation=tanh"], {}, "--activation"),
-        (["--model=catdog-res", "--activation=silu"], {}, "--activation silu does not apply"),
+        (["--model=catdog-res", "--activation=silu"], {}, "--activation silu does not fit --model"),
         (["--backend=bogus"], {}, "--backend"),
         ([], {"FASTCONV_BACKEND": "bogus"}, "FASTCONV_BACKEND"),
     ]

@@ -4,7 +4,7 @@ Each fastconv layer becomes the torch.nn module it stands for: ``Conv2dReLU`` be
 ``nn.Sequential(nn.Conv2d, nn.ReLU)`` (convolution then ReLU, what users write today),
 ``Conv2dAct`` a convolution then its activation in torch (:class:`Activation`),
 ``Conv2dBatchNormAct`` a convolution, the BatchNorm it is given, the residual add and the
-activation in torch (:class:`ConvBatchNormAct`), the pooling layers torch's. Parameters
+:class:`Activation` (:class:`ConvBatchNormAct`), the pooling layers torch's. Parameters
 and buffers are copied (memory format kept), everything else in the model is deep-copied as
 is.
 """
@@ -41,23 +41,8 @@ def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return plain
 
 
-class ConvBatchNormAct(nn.Module):
-    """``act(batchnorm(conv(x)) [+ residual])`` in torch: ``Conv2dBatchNormAct``'s twin, with
-    its call signature ``(input, batchnorm, residual=None)``."""
-
-    def __init__(self, conv: nn.Conv2d, activation: str, negative_slope: float) -> None:
-        super().__init__()
-        self.conv, self.activation, self.negative_slope = conv, activation, negative_slope
-
-    def forward(self, input, batchnorm: nn.BatchNorm2d, residual=None):
-        z = batchnorm(self.conv(input))
-        if residual is not None:
-            z = z + residual
-        return reference_activation(z, self.activation, self.negative_slope)
-
-
 class Activation(nn.Module):
-    """``act(x)`` in torch (``F.silu``, ``F.gelu``...): ``Conv2dAct``'s activation, unfused."""
+    """``act(x)`` in torch (``F.relu``, ``F.silu``...): a fused activation, unfused."""
 
     def __init__(self, activation: str, negative_slope: float) -> None:
         super().__init__()
@@ -67,10 +52,26 @@ class Activation(nn.Module):
         return reference_activation(x, self.activation, self.negative_slope)
 
 
+class ConvBatchNormAct(nn.Module):
+    """``act(batchnorm(conv(x)) [+ residual])`` in torch: ``Conv2dBatchNormAct``'s twin, with
+    its call signature ``(input, batchnorm, residual=None)``."""
+
+    def __init__(self, conv: nn.Conv2d, activation: Activation) -> None:
+        super().__init__()
+        self.conv, self.activation = conv, activation
+
+    def forward(self, input, batchnorm: nn.BatchNorm2d, residual=None):
+        z = batchnorm(self.conv(input))
+        if residual is not None:
+            z = z + residual
+        return self.activation(z)
+
+
 def torch_layer(module: nn.Module) -> nn.Module:
     """The plain torch.nn equivalent of one fastconv layer."""
     if isinstance(module, conv_bn.Conv2dBatchNormAct):
-        return ConvBatchNormAct(_copy_conv(module), module.activation, module.negative_slope)
+        activation = Activation(module.activation, module.negative_slope)
+        return ConvBatchNormAct(_copy_conv(module), activation)
     if isinstance(module, layers.Conv2dReLU):
         return nn.Sequential(_copy_conv(module), nn.ReLU())
     if isinstance(module, layers.Conv2dAct):

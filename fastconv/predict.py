@@ -200,6 +200,7 @@ def load_model(
 
     from fastconv.checkpoint import CheckpointError, check_state_dict_fits
     from fastconv.models import MODELS, build_model, min_input_size
+    from fastconv.train import SETTINGS_BEFORE_THEIR_FLAG
 
     args = checkpoint["args"]
     name = args["model"]
@@ -218,7 +219,7 @@ def load_model(
         )
     if not isinstance(args["channels_last"], bool):
         raise CheckpointError(f"{source} has channels_last {args['channels_last']!r}, not a bool")
-    activation = args.get("activation", "relu")  # checkpoints from before --activation: relu
+    activation = args.get("activation", SETTINGS_BEFORE_THEIR_FLAG["activation"])
     try:
         model = build_model(name, num_classes=len(class_names), activation=activation)
     except ValueError as error:

@@ -21,7 +21,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-from fastconv import backend  # noqa: E402
+from fastconv import backend, layers  # noqa: E402
 from fastconv.kernels import alloc  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,3 +123,8 @@ def assert_model_matches_float64(model, reference, x, y, grad_out, reference_nam
     for name, param in model.named_parameters():
         expected = reference_params[reference_name(name) if reference_name else name].grad
         torch.testing.assert_close(param.grad, expected.float(), atol=1e-4, rtol=1e-4, msg=name)
+
+
+def conv_activations(model: torch.nn.Module) -> set[str]:
+    """The activations of ``model``'s fused ``Conv2dAct`` layers."""
+    return {m.activation for m in model.modules() if isinstance(m, layers.Conv2dAct)}

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_model_matches_float64
+from conftest import assert_model_matches_float64, conv_activations
 from torch import nn
 
 from fastconv import layers
@@ -88,15 +88,22 @@ def _models(device, training: bool) -> tuple[CatDogResNet, TorchCatDogResNet]:
     return model.to(device).train(training), twin.to(device).train(training)
 
 
-@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_catdog_res_matches_torch_nn(training, device, triton_backend, record_aten_ops):
-    model, twin = _models(device, training)
+def _forward_backward(model: nn.Module, device, record_aten_ops):
+    """``model`` forward and backward on a random (4, 3, 16, 16) batch, with no aten
+    convolution or pooling running; returns ``x, y, grad_out`` and the ops recorded."""
     x = torch.randn(4, 3, 16, 16, device=device, requires_grad=True)
     grad_out = torch.randn(4, 2, device=device)
     with record_aten_ops() as recorder:
         y = model(x)
         y.backward(grad_out)
     assert recorder.forbidden() == []
+    return x, y, grad_out, recorder
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_catdog_res_matches_torch_nn(training, device, triton_backend, record_aten_ops):
+    model, twin = _models(device, training)
+    x, y, grad_out, recorder = _forward_backward(model, device, record_aten_ops)
     if not training:  # every BatchNorm folded into its convolution's epilogue
         assert not any("batch_norm" in op for op in recorder.ops)
     assert_model_matches_float64(model, twin, x, y, grad_out)
@@ -148,23 +155,15 @@ def test_catdog_matches_torch_nn(activation, device, triton_backend, record_aten
     torch.manual_seed(0)
     model = CatDogNet(WIDTHS, dropout=0.0, activation=activation).to(device)
     twin = _torch_catdog(model).to(device)
-    x = torch.randn(4, 3, 16, 16, device=device, requires_grad=True)
-    grad_out = torch.randn(4, 2, device=device)
-    with record_aten_ops() as recorder:
-        y = model(x)
-        y.backward(grad_out)
-    assert recorder.forbidden() == []
+    x, y, grad_out, _ = _forward_backward(model, device, record_aten_ops)
     assert_model_matches_float64(model, twin, x, y, grad_out)
 
 
 def test_catdog_nets_default_to_silu_and_take_an_activation():
-    def activations(model: nn.Module) -> set[str]:
-        return {m.activation for m in model.modules() if isinstance(m, layers.Conv2dAct)}
-
     for name in ("catdog", "catdog-small", "catdog-large"):
         assert activation_for(name) == "silu"
-        assert activations(build_model(name)) == {"silu"}
-    assert activations(build_model("catdog-small", activation="relu")) == {"relu"}
+        assert conv_activations(build_model(name)) == {"silu"}
+    assert conv_activations(build_model("catdog-small", activation="relu")) == {"relu"}
     with pytest.raises(ValueError, match="model catdog can be built with activation silu or relu"):
         build_model("catdog", activation="tanh")
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import conv_activations
 from fake_kaggle import FAST_TRAIN_FLAGS, cli_env, write_bad_files
 from torch import nn
 
-from fastconv import backend, layers, predict, train, training
+from fastconv import backend, predict, train, training
 from fastconv.checkpoint import load_checkpoint, save_checkpoint
 from fastconv.data import CLASS_NAMES, write_demo_dataset
 from fastconv.plots import plot_confusion_matrix
@@ -1001,10 +1002,6 @@ def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run,
     merged = train.merge_resumed_args(state["args"], args, given, "old.pt")
     assert merged.label_smoothing == 0.0 and merged.tta is False and merged.shift is None
     assert merged.ema == 0.0 and merged.activation == "relu"
-
-
-def conv_activations(model: nn.Module) -> set[str]:
-    return {m.activation for m in model.modules() if isinstance(m, layers.Conv2dAct)}
 
 
 def test_activation_is_built_saved_and_predicted_with(reference_run, demo_data, tmp_path):

@@ -14,14 +14,15 @@ Names are matched without regard to case: ``cat.0.jpg``, ``Dog.12.JPG``; class f
 
 Every image is decoded once into a ``(N, size, size, 3)`` uint8 array saved under
 ``<data>/cache/`` and memory-mapped afterwards, so an epoch never decodes a JPEG. Batches
-leave the loader as uint8 NHWC tensors; :func:`random_crop_flip` and :func:`normalize` then
-run on whichever device trains.
+leave the loader as uint8 NHWC tensors; :func:`random_crop_flip`, :func:`normalize` and
+:func:`random_resized_crop` then run on whichever device trains.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 from torch import Tensor
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from fastconv.atomic import atomic_write_text
@@ -58,6 +60,7 @@ __all__ = [
     "load_or_build_cache",
     "normalize",
     "random_crop_flip",
+    "random_resized_crop",
     "safe_extract_zip",
     "stratified_split",
     "subsample",
@@ -494,6 +497,47 @@ def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator) -
     cols = torch.where(flip, (w - 1) - cols, cols)
     batch = torch.arange(n, device=device)[:, None, None]
     return images[batch, rows[:, :, None], cols[:, None, :]]
+
+
+def random_resized_crop(
+    x: Tensor,
+    min_scale: float,
+    generator: torch.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Tensor:
+    """Per image, a random box resized back to the full image (bilinear): a random zoom.
+
+    ``x`` (N, C, H, W) float -> (N, C, H, W) in ``x``'s memory format. Each box covers a share
+    ``s ~ U[min_scale, 1]`` of the image's area with aspect ratio ``r`` (width / height),
+    ``log r ~ U[log ratio[0], log ratio[1]]``: in the image's [-1, 1] coordinates its
+    half-sizes are ``(sqrt(s r), sqrt(s / r))``, each clipped to 1, and its centre is uniform
+    over the places where it lies inside the image. Output pixel ``(u, v)`` in those
+    coordinates reads the input at ``centre + half_size * (u, v)`` (``F.grid_sample``,
+    ``align_corners=False``; the border pixels extend outwards).
+    """
+    if not 0 < min_scale <= 1:
+        raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+    n = x.shape[0]
+    layout = (
+        torch.channels_last
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
+    uniform = torch.rand((3, n), device=x.device, generator=generator, dtype=torch.float32)
+    area = min_scale + (1 - min_scale) * uniform[0]
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * uniform[1])
+    half_w = torch.sqrt(area * aspect).clamp(max=1)
+    half_h = torch.sqrt(area / aspect).clamp(max=1)
+    centre = (2 * torch.rand((2, n), device=x.device, generator=generator) - 1) * torch.stack(
+        (1 - half_w, 1 - half_h)
+    )
+    theta = torch.zeros((n, 2, 3), device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2] = half_w, centre[0]
+    theta[:, 1, 1], theta[:, 1, 2] = half_h, centre[1]
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.contiguous(memory_format=layout)
 
 
 def normalize(images: Tensor, channels_last: bool = False) -> Tensor:

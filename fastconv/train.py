@@ -145,6 +145,14 @@ def build_parser(defaults: bool = True) -> Parser:
         "mirrored in); default: --img-size / 8",
     )
     add(
+        "--crop-scale",
+        1.0,
+        type=_crop_scale,
+        metavar="MIN",
+        help="random-resized-crop zoom: each training image is cut to a random box covering "
+        "MIN to all of its area (aspect ratio 3:4 to 4:3) and resized back; 1: no zoom",
+    )
+    add(
         "--label-smoothing",
         0.0,
         type=float_at_least(0.0, 1.0),
@@ -233,6 +241,13 @@ def _limit(text: str) -> int:
     return value
 
 
+def _crop_scale(text: str) -> float:
+    value = float_above(0.0)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
     """The arguments, with defaults filled in, and the names of those the command gave."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -285,6 +300,7 @@ SETTINGS_BEFORE_THEIR_FLAG = {
     "tta": False,
     "ema": 0.0,
     "activation": "relu",
+    "crop_scale": 1.0,
 }
 
 
@@ -340,6 +356,7 @@ _SAVED_VALUE_CHECKS = {
     "model": lambda v: v in MODELS,
     "activation": lambda v: v in CATDOG_ACTIVATIONS,
     "shift": lambda v: v is None or _is_int(v, 0),
+    "crop_scale": lambda v: _is_number(v) and 0 < v <= 1,
     "label_smoothing": lambda v: _is_number(v) and 0 <= v < 1,
     "tta": lambda v: isinstance(v, bool),
     "ema": lambda v: _is_number(v) and 0 <= v < 1,

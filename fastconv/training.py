@@ -66,6 +66,7 @@ from fastconv.data import (
     load_or_build_cache,
     normalize,
     random_crop_flip,
+    random_resized_crop,
     stratified_split,
     subsample,
     write_demo_dataset,
@@ -711,6 +712,8 @@ class Trainer:
                 labels = labels.to(proc.device, non_blocking=True)
                 augmented = random_crop_flip(images, self.shift, self.augment_rng)
                 x = normalize(augmented, args.channels_last)
+                if args.crop_scale < 1:
+                    x = random_resized_crop(x, args.crop_scale, self.augment_rng)
                 with torch.autocast(
                     proc.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
                 ):

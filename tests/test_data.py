@@ -31,6 +31,7 @@ from fastconv.data import (
     load_or_build_cache,
     normalize,
     random_crop_flip,
+    random_resized_crop,
     safe_extract_zip,
     stratified_split,
     subsample,
@@ -418,6 +419,60 @@ def test_random_crop_flip_gives_reflect_padded_crops():
         assert matches, "output is not a reflect-padded crop of its input"
         flips += matches[0][2]
     assert 0 < flips < 16  # both flipped and unflipped images occur
+
+
+def _ramp_images(n: int, size: int) -> torch.Tensor:
+    """(n, 3, size, size): channel 0 holds each pixel's column, 1 its row, 2 a constant."""
+    index = torch.arange(size, dtype=torch.float64)
+    columns = index.expand(size, size)
+    return torch.stack((columns, columns.T, torch.full_like(columns, 7.0))).expand(n, 3, size, size)
+
+
+def test_random_resized_crop_zooms_into_a_box_inside_the_image():
+    """On a ramp image the output is the ramp again, with slope = the box's share of the width
+    (height) and offset = its edge: the boxes lie inside the image, cover at least min_scale
+    of its area, keep their aspect ratio within 3:4 to 4:3 and take both extremes."""
+    n, size, min_scale = 512, 16, 0.3
+    out = random_resized_crop(_ramp_images(n, size), min_scale, torch.Generator().manual_seed(0))
+    assert out.shape == (n, 3, size, size) and out.dtype == torch.float64
+    torch.testing.assert_close(out[:, 2], torch.full_like(out[:, 2], 7.0))
+    boxes = []
+    for ramp in (out[:, 0], out[:, 1].transpose(1, 2)):  # along the width, then the height
+        torch.testing.assert_close(ramp, ramp[:, :1].expand_as(ramp))  # the same in every row
+        inner = ramp[:, 0, 1:-1]  # away from the border pixels, which extend outwards
+        slope = (inner[:, -1] - inner[:, 0]) / (size - 3)
+        start = inner[:, 0] - slope  # the value at output pixel 0, had it not been clamped
+        k = torch.arange(1, size - 1, dtype=torch.float64)
+        torch.testing.assert_close(inner, start[:, None] + slope[:, None] * k)
+        first_edge, last_edge = start - slope / 2 + 0.5, start + (size - 0.5) * slope + 0.5
+        assert bool((first_edge >= -1e-9).all() and (last_edge <= size + 1e-9).all())
+        assert bool((slope > 0).all() and (slope <= 1 + 1e-9).all())
+        boxes.append(slope)
+    share_w, share_h = boxes
+    area, aspect = share_w * share_h, share_w / share_h
+    assert bool((area >= min_scale - 1e-9).all())
+    assert float(area.min()) < min_scale + 0.05 and float(area.max()) > 0.95
+    unclipped = (share_w < 1) & (share_h < 1)
+    assert bool(
+        (aspect[unclipped] >= 3 / 4 - 1e-9).all() and (aspect[unclipped] <= 4 / 3 + 1e-9).all()
+    )
+    assert float(aspect[unclipped].min()) < 0.8 and float(aspect[unclipped].max()) > 1.25
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_random_resized_crop_keeps_the_layout_and_is_seeded(channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=layout)
+    out = random_resized_crop(x, 0.5, torch.Generator().manual_seed(1))
+    assert out.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(out, random_resized_crop(x, 0.5, torch.Generator().manual_seed(1)))
+    assert not torch.equal(out, random_resized_crop(x, 0.5, torch.Generator().manual_seed(2)))
+
+
+@pytest.mark.parametrize("min_scale", [0.0, -0.5, 1.5])
+def test_random_resized_crop_refuses_a_scale_outside_0_1(min_scale):
+    with pytest.raises(ValueError, match="min_scale must be in"):
+        random_resized_crop(torch.zeros(1, 3, 4, 4), min_scale, torch.Generator())
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

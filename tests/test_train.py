@@ -542,6 +542,9 @@ def early_error_cases() -> list:
         (["--amp=fp8"], {}, "--amp"),
         (["--shift=-1"], {}, "--shift"),
         (["--shift=64"], {}, "--shift"),
+        (["--crop-scale=0"], {}, "--crop-scale"),
+        (["--crop-scale=1.5"], {}, "--crop-scale"),
+        (["--crop-scale=nan"], {}, "--crop-scale"),
         (["--label-smoothing=1"], {}, "--label-smoothing"),
         (["--label-smoothing=-0.1"], {}, "--label-smoothing"),
         (["--ema=1"], {}, "--ema"),
@@ -656,6 +659,7 @@ def test_unusable_resume_checkpoint_exits_2_with_one_line(kind, reference_run, t
         ("--amp=bf16", "--amp bf16 conflicts with off"),
         ("--no-channels-last", "--channels-last False conflicts with True"),
         ("--label-smoothing=0.2", "--label-smoothing 0.2 conflicts with 0.0"),
+        ("--crop-scale=0.5", "--crop-scale 0.5 conflicts with 1.0"),
         ("--no-tta", "--tta False conflicts with True"),
         ("--ema=0.9", "--ema 0.9 conflicts with 0.999"),
         ("--activation=relu", "--activation relu conflicts with silu"),
@@ -989,6 +993,26 @@ def test_shift_sets_the_largest_random_translation(flags, shift, demo_data, tmp_
     assert shifts == [shift] * STEPS_PER_EPOCH  # the default: 16 px / 8
 
 
+@pytest.mark.parametrize(
+    ("flags", "zooms"), [([], []), (["--crop-scale=0.4"], [0.4] * STEPS_PER_EPOCH)]
+)
+def test_crop_scale_zooms_every_training_batch(flags, zooms, demo_data, tmp_path, monkeypatch):
+    """--crop-scale below 1 runs the random-resized crop on every training batch (after the
+    shift and flip), and the checkpoint records it; left out, no batch is zoomed."""
+    scales = []
+    zoom = training.random_resized_crop
+
+    def spy(x, min_scale, generator):
+        scales.append(min_scale)
+        return zoom(x, min_scale, generator)
+
+    monkeypatch.setattr(training, "random_resized_crop", spy)
+    assert train.main(run_flags(demo_data, tmp_path / "run", "--epochs=1", *flags)) == 0
+    assert scales == zooms
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["args"]
+    assert saved["crop_scale"] == (zooms[0] if zooms else 1.0)
+
+
 def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run, tmp_path):
     """A checkpoint written before --label-smoothing/--tta/--ema/--activation existed trained
     without them (and with ReLU)."""
@@ -1001,7 +1025,7 @@ def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run,
     args, given = train.parse_args(["--resume=x/last.pt"])
     merged = train.merge_resumed_args(state["args"], args, given, "old.pt")
     assert merged.label_smoothing == 0.0 and merged.tta is False and merged.shift is None
-    assert merged.ema == 0.0 and merged.activation == "relu"
+    assert merged.ema == 0.0 and merged.activation == "relu" and merged.crop_scale == 1.0
 
 
 def test_activation_is_built_saved_and_predicted_with(reference_run, demo_data, tmp_path):

@@ -523,7 +523,7 @@ def random_resized_crop(
         if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         else torch.contiguous_format
     )
-    uniform = torch.rand((3, n), device=x.device, generator=generator, dtype=torch.float32)
+    uniform = torch.rand((2, n), device=x.device, generator=generator)
     area = min_scale + (1 - min_scale) * uniform[0]
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * uniform[1])

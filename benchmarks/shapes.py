@@ -3,7 +3,8 @@
 Two sources: the project's own dogs-vs-cats CNN (every conv and pooling layer, read with
 forward hooks at 64 and 128 px and the training batch size of ``fastconv.train``) and a few
 standard shapes from VGG and ResNet. The fused-epilogue cases (:data:`FUSED_CONV_CASES`)
-pair standard shapes with the epilogues the networks apply after them.
+pair standard shapes with the epilogues the networks apply after them, and the CNN's own
+layers at 64 px with its activation (SiLU by default).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from fastconv.activations import ACTIVATIONS
 from fastconv.backend import use_backend
-from fastconv.models import build_model
+from fastconv.models import activation_for, build_model
 from fastconv.train import build_parser
 
 STANDARD_BATCH = 64
@@ -235,29 +236,6 @@ _MOBILENET_DEPTHWISE = tuple(
     shape for shape in STANDARD_CONV_SHAPES if shape.name.startswith("mobilenet-dw")
 )
 
-FUSED_CONV_CASES = (
-    # every activation after conv + bias (an eval BatchNorm folded into the weights)
-    *(FusedConvCase(_RESNET_3X3_64, Epilogue(activation)) for activation in ACTIVATIONS),
-    # MobileNetV2's (ReLU6) and EfficientNet's (SiLU) depthwise layers
-    *(
-        FusedConvCase(shape, Epilogue(activation))
-        for shape in _MOBILENET_DEPTHWISE
-        for activation in ("relu6", "silu")
-    ),
-    # BatchNorm as scale + bias: conv-BN-ReLU, and the projection shortcut's conv-BN
-    *(
-        FusedConvCase(shape, Epilogue("relu", scale=True))
-        for shape in (_RESNET_3X3_64, _RESNET_3X3_128)
-    ),
-    FusedConvCase(_RESNET_1X1_PROJECT, Epilogue("identity", scale=True)),
-    # a ResNet block's last conv: BN, residual add and ReLU
-    *(
-        FusedConvCase(shape, Epilogue("relu", scale=True, residual=True))
-        for shape in (_RESNET_3X3_64, _RESNET_3X3_128, _RESNET_1X1_EXPAND)
-    ),
-)
-
-
 STANDARD_POOL_SHAPES = (
     _pool(
         "resnet-stem-max3x3s2",
@@ -277,6 +255,7 @@ STANDARD_POOL_SHAPES = (
 
 TRAINING_DEFAULTS = build_parser().parse_args([])
 MODEL_NAME = TRAINING_DEFAULTS.model
+MODEL_ACTIVATION = activation_for(MODEL_NAME, TRAINING_DEFAULTS.activation)
 TRAINING_BATCH = TRAINING_DEFAULTS.batch_size
 MODEL_IMAGE_SIZES = (64, 128)
 POOL_OPTIONS = {
@@ -346,6 +325,30 @@ def model_layer_shapes(
 _MODEL_SHAPES = [model_layer_shapes(size) for size in MODEL_IMAGE_SIZES]
 CONV_SHAPES = [shape for convs, _ in _MODEL_SHAPES for shape in convs] + list(STANDARD_CONV_SHAPES)
 POOL_SHAPES = [shape for _, pools in _MODEL_SHAPES for shape in pools] + list(STANDARD_POOL_SHAPES)
+
+FUSED_CONV_CASES = (
+    # every activation after conv + bias (an eval BatchNorm folded into the weights)
+    *(FusedConvCase(_RESNET_3X3_64, Epilogue(activation)) for activation in ACTIVATIONS),
+    # MobileNetV2's (ReLU6) and EfficientNet's (SiLU) depthwise layers
+    *(
+        FusedConvCase(shape, Epilogue(activation))
+        for shape in _MOBILENET_DEPTHWISE
+        for activation in ("relu6", "silu")
+    ),
+    # BatchNorm as scale + bias: conv-BN-ReLU, and the projection shortcut's conv-BN
+    *(
+        FusedConvCase(shape, Epilogue("relu", scale=True))
+        for shape in (_RESNET_3X3_64, _RESNET_3X3_128)
+    ),
+    FusedConvCase(_RESNET_1X1_PROJECT, Epilogue("identity", scale=True)),
+    # a ResNet block's last conv: BN, residual add and ReLU
+    *(
+        FusedConvCase(shape, Epilogue("relu", scale=True, residual=True))
+        for shape in (_RESNET_3X3_64, _RESNET_3X3_128, _RESNET_1X1_EXPAND)
+    ),
+    # the project's CNN as it trains: every conv layer at 64 px with the model's own activation
+    *(FusedConvCase(shape, Epilogue(MODEL_ACTIVATION)) for shape in _MODEL_SHAPES[0][0]),
+)
 
 
 @dataclasses.dataclass(frozen=True)

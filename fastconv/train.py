@@ -337,44 +337,33 @@ def merge_resumed_args(
     return resumed
 
 
-def _is_int(value, minimum: int) -> bool:
-    return type(value) is int and value >= minimum
-
-
-def _is_number(value) -> bool:
-    return type(value) in (int, float) and value == value and abs(value) != float("inf")
-
-
-# What each setting a checkpoint brings must be (a checkpoint is data from elsewhere).
-_SAVED_VALUE_CHECKS = {
-    "data": lambda v: isinstance(v, str),
-    "epochs": lambda v: _is_int(v, 1),
-    "batch_size": lambda v: _is_int(v, 1),
-    "lr": lambda v: _is_number(v) and v > 0,
-    "weight_decay": lambda v: _is_number(v) and v >= 0,
-    "img_size": lambda v: _is_int(v, 1),
-    "model": lambda v: v in MODELS,
-    "activation": lambda v: v in CATDOG_ACTIVATIONS,
-    "shift": lambda v: v is None or _is_int(v, 0),
-    "crop_scale": lambda v: _is_number(v) and 0 < v <= 1,
-    "label_smoothing": lambda v: _is_number(v) and 0 <= v < 1,
-    "tta": lambda v: isinstance(v, bool),
-    "ema": lambda v: _is_number(v) and 0 <= v < 1,
-    "amp": lambda v: v in AMP_CHOICES,
-    "channels_last": lambda v: isinstance(v, bool),
-    "seed": lambda v: _is_int(v, 0) and v < SEED_LIMIT,
-    "save_every": lambda v: _is_number(v) and v >= 0,
-    "limit": lambda v: _is_int(v, 0),
-    "val_fraction": lambda v: _is_number(v) and 0 < v < 1,
-    "demo": lambda v: isinstance(v, bool),
-}
+def _parser_could_give(action: argparse.Action, value) -> bool:
+    """Whether parsing a command line could have given ``value`` for ``action``'s flag: its
+    type, range and choices, checked by the flag's own parser (a checkpoint is data from
+    elsewhere)."""
+    if value is None:
+        return action.default is None
+    if action.nargs == 0:  # --flag / --no-flag
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return False
+    if action.choices is not None:
+        return value in action.choices
+    if action.type is None:
+        return isinstance(value, str)
+    try:
+        return action.type(str(value)) == value
+    except (argparse.ArgumentTypeError, ValueError):
+        return False
 
 
 def _check_saved_values(args: argparse.Namespace, source: str) -> None:
-    for name, valid in _SAVED_VALUE_CHECKS.items():
-        value = getattr(args, name)
-        if not valid(value):
-            raise CLIError(f"--resume {source} holds an invalid {name} setting: {value!r}")
+    for action in build_parser()._actions:
+        if action.dest == "help":
+            continue
+        value = getattr(args, action.dest)
+        if not _parser_could_give(action, value):
+            raise CLIError(f"--resume {source} holds an invalid {action.dest} setting: {value!r}")
     resolve_activation(args)
     check_img_size(args)
 

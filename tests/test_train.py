@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -1011,6 +1012,35 @@ def test_crop_scale_zooms_every_training_batch(flags, zooms, demo_data, tmp_path
     assert scales == zooms
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["args"]
     assert saved["crop_scale"] == (zooms[0] if zooms else 1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("epochs", 2.0),
+        ("lr", "0.001"),
+        ("lr", float("nan")),
+        ("seed", -1),
+        ("shift", True),
+        ("crop_scale", 1.5),
+        ("label_smoothing", 1.0),
+        ("model", "resnet9"),
+        ("activation", "tanh"),
+        ("tta", 1),
+        ("data", 7),
+        ("batch_size", [16]),
+    ],
+)
+def test_a_checkpoint_setting_the_parser_would_refuse_is_named(name, value):
+    """Each setting a checkpoint brings is checked by its own flag's parser: type, range and
+    choices; an invalid one is a CLIError naming it."""
+    args, given = train.parse_args(["--resume=x/last.pt"])
+    train.merge_resumed_args(vars(args), args, given, "good.pt")  # the defaults pass
+    saved = dict(vars(args), **{name: value})
+    with pytest.raises(
+        train.CLIError, match=re.escape(f"holds an invalid {name} setting: {value!r}")
+    ):
+        train.merge_resumed_args(saved, args, given, "old.pt")
 
 
 def test_resuming_a_checkpoint_older_than_a_flag_keeps_its_recipe(reference_run, tmp_path):

@@ -4,8 +4,8 @@
 64 and 128 px and its training batch size, plus standard VGG/ResNet shapes.
 ``test_fused_conv2d``: the fused epilogues of ``fused_conv2d``
 (:data:`benchmarks.shapes.FUSED_CONV_CASES`: every activation, BatchNorm as scale + bias, a
-ResNet block's residual add + ReLU, the CNN's layers with its own activation) against the same ops run one by one in eager PyTorch
-and under torch.compile, forward and forward+backward.
+ResNet block's residual add + ReLU, the CNN's layers with its own activation) against the
+same ops run one by one in eager PyTorch and under torch.compile, forward and forward+backward.
 
 Each case records GPU time, TFLOP/s (2*N*K*P*Q*C*R*S per pass; bwd = 2 passes, fwd+bwd = 3;
 the epilogue's few operations per output element are not counted) and the speed-up over

@@ -964,15 +964,24 @@ def test_tta_validates_on_the_mean_of_the_image_and_its_mirror():
     assert math.isclose(loss, math.log(2), rel_tol=1e-5)
 
 
-def test_label_smoothing_reaches_the_training_loss(demo_data, tmp_path, monkeypatch):
-    smoothing = []
-    cross_entropy = training.F.cross_entropy
+def record_calls(monkeypatch, owner, name: str, pick) -> list:
+    """Wrap ``owner.<name>`` so that each call appends ``pick(*args, **kwargs)`` to the list
+    returned, then runs the original."""
+    calls = []
+    original = getattr(owner, name)
 
     def spy(*args, **kwargs):
-        smoothing.append(kwargs.get("label_smoothing", 0.0))
-        return cross_entropy(*args, **kwargs)
+        calls.append(pick(*args, **kwargs))
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(training.F, "cross_entropy", spy)
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def test_label_smoothing_reaches_the_training_loss(demo_data, tmp_path, monkeypatch):
+    smoothing = record_calls(
+        monkeypatch, training.F, "cross_entropy", lambda *_, **kw: kw.get("label_smoothing", 0.0)
+    )
     flags = run_flags(demo_data, tmp_path / "run", "--epochs=1", "--label-smoothing=0.25")
     assert train.main(flags) == 0
     assert smoothing == [0.25] * STEPS_PER_EPOCH
@@ -982,14 +991,7 @@ def test_label_smoothing_reaches_the_training_loss(demo_data, tmp_path, monkeypa
 
 @pytest.mark.parametrize(("flags", "shift"), [([], 2), (["--shift=5"], 5), (["--shift=0"], 0)])
 def test_shift_sets_the_largest_random_translation(flags, shift, demo_data, tmp_path, monkeypatch):
-    shifts = []
-    crop = training.random_crop_flip
-
-    def spy(images, padding, generator):
-        shifts.append(padding)
-        return crop(images, padding, generator)
-
-    monkeypatch.setattr(training, "random_crop_flip", spy)
+    shifts = record_calls(monkeypatch, training, "random_crop_flip", lambda _, padding, __: padding)
     assert train.main(run_flags(demo_data, tmp_path / "run", "--epochs=1", *flags)) == 0
     assert shifts == [shift] * STEPS_PER_EPOCH  # the default: 16 px / 8
 
@@ -1000,14 +1002,7 @@ def test_shift_sets_the_largest_random_translation(flags, shift, demo_data, tmp_
 def test_crop_scale_zooms_every_training_batch(flags, zooms, demo_data, tmp_path, monkeypatch):
     """--crop-scale below 1 runs the random-resized crop on every training batch (after the
     shift and flip), and the checkpoint records it; left out, no batch is zoomed."""
-    scales = []
-    zoom = training.random_resized_crop
-
-    def spy(x, min_scale, generator):
-        scales.append(min_scale)
-        return zoom(x, min_scale, generator)
-
-    monkeypatch.setattr(training, "random_resized_crop", spy)
+    scales = record_calls(monkeypatch, training, "random_resized_crop", lambda _, scale, __: scale)
     assert train.main(run_flags(demo_data, tmp_path / "run", "--epochs=1", *flags)) == 0
     assert scales == zooms
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["args"]

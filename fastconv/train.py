@@ -337,12 +337,17 @@ def merge_resumed_args(
     return resumed
 
 
+# Flags whose default None a run replaces before it saves (resolve_activation): a checkpoint
+# always names their value.
+_RESOLVED_BEFORE_SAVING = ("activation",)
+
+
 def _parser_could_give(action: argparse.Action, value) -> bool:
     """Whether parsing a command line could have given ``value`` for ``action``'s flag: its
     type, range and choices, checked by the flag's own parser (a checkpoint is data from
     elsewhere)."""
     if value is None:
-        return action.default is None
+        return action.default is None and action.dest not in _RESOLVED_BEFORE_SAVING
     if action.nargs == 0:  # --flag / --no-flag
         return isinstance(value, bool)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):

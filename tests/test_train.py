@@ -1021,6 +1021,7 @@ def test_crop_scale_zooms_every_training_batch(flags, zooms, demo_data, tmp_path
         ("label_smoothing", 1.0),
         ("model", "resnet9"),
         ("activation", "tanh"),
+        ("activation", None),
         ("tta", 1),
         ("data", 7),
         ("batch_size", [16]),
@@ -1030,8 +1031,9 @@ def test_a_checkpoint_setting_the_parser_would_refuse_is_named(name, value):
     """Each setting a checkpoint brings is checked by its own flag's parser: type, range and
     choices; an invalid one is a CLIError naming it."""
     args, given = train.parse_args(["--resume=x/last.pt"])
-    train.merge_resumed_args(vars(args), args, given, "good.pt")  # the defaults pass
-    saved = dict(vars(args), **{name: value})
+    good = dict(vars(args), activation="silu")  # a run saves its activation resolved
+    train.merge_resumed_args(good, args, given, "good.pt")
+    saved = dict(good, **{name: value})
     with pytest.raises(
         train.CLIError, match=re.escape(f"holds an invalid {name} setting: {value!r}")
     ):

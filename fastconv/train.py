@@ -123,10 +123,10 @@ def build_parser(defaults: bool = True) -> Parser:
         "--model",
         "catdog",
         choices=MODELS,
-        help="network from fastconv.models: catdog, catdog-small and catdog-large are the "
-        "project's VGG-style nets, catdog-res its residual net (conv-BN-ReLU, two residual "
-        "blocks); resnet18 is torchvision's (random init, 3x3 stride-1 stem, no max pool) "
-        "converted to fastconv layers, to compare against",
+        help="network from fastconv.models: catdog, catdog-wide (1.5x its channels), "
+        "catdog-small and catdog-large are the project's VGG-style nets, catdog-res its "
+        "residual net (conv-BN-ReLU, two residual blocks); resnet18 is torchvision's (random "
+        "init, 3x3 stride-1 stem, no max pool) converted to fastconv layers, to compare against",
     )
     add(
         "--activation",

@@ -27,6 +27,7 @@ __all__ = [
 # BatchNorm, then a 2x2 max pool.
 CATDOG_WIDTHS = {
     "catdog": (32, 64, 128, 256),
+    "catdog-wide": (48, 96, 192, 384),  # all-data recipe: docs/training-recipe.md, row U3
     "catdog-small": (16, 32, 64, 128),
     "catdog-large": (64, 128, 256, 512),
 }

@@ -160,7 +160,7 @@ def test_catdog_matches_torch_nn(activation, device, triton_backend, record_aten
 
 
 def test_catdog_nets_default_to_silu_and_take_an_activation():
-    for name in ("catdog", "catdog-small", "catdog-large"):
+    for name in ("catdog", "catdog-wide", "catdog-small", "catdog-large"):
         assert activation_for(name) == "silu"
         assert conv_activations(build_model(name)) == {"silu"}
     assert conv_activations(build_model("catdog-small", activation="relu")) == {"relu"}

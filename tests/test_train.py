@@ -681,7 +681,8 @@ def test_img_size_check_follows_the_model_downsampling():
     def check(size: int, model: str) -> None:
         train.check_img_size(argparse.Namespace(img_size=size, model=model, shift=None))
 
-    for model in ("catdog", "catdog-small", "catdog-large"):  # 4 stages of 2x2 pooling each
+    # 4 stages of 2x2 pooling each
+    for model in ("catdog", "catdog-wide", "catdog-small", "catdog-large"):
         check(16, model)
         with pytest.raises(train.CLIError, match=f"--img-size 15 is too small for --model {model}"):
             check(15, model)

@@ -15,6 +15,10 @@ where none of its kernels run. A step is ``fastconv.train``'s (forward, cross-en
 backward, AdamW); each model is checked against a float64 copy of the twin first. Quick: a
 few steps at batch 8; resnet18 at 32 px, since its stride-1 stem makes it about ten times the
 work of catdog per image at the same size.
+
+Each model runs in float32 and under bf16 autocast (``fastconv.train --amp bf16``); the bf16
+cases run only where oneDNN has native bf16 on this CPU (AVX512-BF16 or AMX), where they
+show what ``--amp bf16`` gains over the float32 case of the same model.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from benchmarks.checks import check_model
+from benchmarks.environment import DTYPE_NAMES
 from benchmarks.test_bench_model import TrainStep, refill
 from benchmarks.timing import WallClockRounds, benchmark_cpu
 from benchmarks.twin import torch_nn_twin
@@ -38,6 +43,19 @@ BATCH = 8
 ROUNDS = 5
 WARMUP_ROUNDS = 1
 NUM_CLASSES = 2
+CPU_HAS_NATIVE_BF16 = torch.backends.mkldnn.is_available() and bool(
+    torch.ops.mkldnn._is_mkldnn_bf16_supported()
+)
+AUTOCAST_DTYPES = [
+    pytest.param(None, id="fp32"),
+    pytest.param(
+        torch.bfloat16,
+        id="bf16",
+        marks=pytest.mark.skipif(
+            not CPU_HAS_NATIVE_BF16, reason="this CPU has no native bf16 (AVX512-BF16 or AMX)"
+        ),
+    ),
+]
 
 
 def torch_nn_model(name: str, fastconv_model: nn.Module) -> nn.Module:
@@ -51,17 +69,19 @@ def torch_nn_model(name: str, fastconv_model: nn.Module) -> nn.Module:
     return plain
 
 
+@pytest.mark.parametrize("autocast_dtype", AUTOCAST_DTYPES)
 @pytest.mark.parametrize("name", IMAGE_SIZES)
-def test_train_throughput_cpu(benchmark, name):
+def test_train_throughput_cpu(benchmark, name, autocast_dtype):
     size = IMAGE_SIZES[name]
-    benchmark.group = f"train step {name}@{size}px cpu fp32, fastconv vs torch.nn"
+    math = DTYPE_NAMES.get(autocast_dtype, "fp32")
+    benchmark.group = f"train step {name}@{size}px cpu {math}, fastconv vs torch.nn"
     torch.manual_seed(0)
     fastconv_model = build_model(name, NUM_CLASSES)
     plain = torch_nn_model(name, fastconv_model)
     images = torch.randn(BATCH, 3, size, size)
     labels = torch.randint(0, NUM_CLASSES, (BATCH,))
     batch = refill(images, labels)
-    plain_step = WallClockRounds(TrainStep(plain, None))
+    plain_step = WallClockRounds(TrainStep(plain, autocast_dtype))
 
     def prepare() -> tuple:
         """The round's batch, after the torch.nn model's step on it."""
@@ -70,9 +90,9 @@ def test_train_throughput_cpu(benchmark, name):
         return arguments
 
     with use_backend("torch"):
-        check_model(fastconv_model, copy.deepcopy(plain).double(), images, labels, None)
+        check_model(fastconv_model, copy.deepcopy(plain).double(), images, labels, autocast_dtype)
         seconds = benchmark_cpu(
-            benchmark, TrainStep(fastconv_model, None), prepare, ROUNDS, WARMUP_ROUNDS
+            benchmark, TrainStep(fastconv_model, autocast_dtype), prepare, ROUNDS, WARMUP_ROUNDS
         )
     timed = plain_step.seconds[WARMUP_ROUNDS:] or plain_step.seconds
     plain_seconds = statistics.median(timed)
@@ -80,7 +100,7 @@ def test_train_throughput_cpu(benchmark, name):
         kind="model",
         case=f"{name}@{size}px",
         shape=f"batch {BATCH}x3x{size}x{size}",
-        dtype="cpu fp32",
+        dtype=f"cpu {math}",
         mode="train step, interleaved",
         provider="fastconv",
         images_per_s=BATCH / seconds,
@@ -89,6 +109,6 @@ def test_train_throughput_cpu(benchmark, name):
         speedup_vs_eager=plain_seconds / seconds,
     )
     print(
-        f"\n{name}@{size}px batch {BATCH}: fastconv {BATCH / seconds:.1f} images/s, "
+        f"\n{name}@{size}px {math} batch {BATCH}: fastconv {BATCH / seconds:.1f} images/s, "
         f"torch.nn {BATCH / plain_seconds:.1f} images/s, ratio {plain_seconds / seconds:.2f}"
     )

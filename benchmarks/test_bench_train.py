@@ -36,6 +36,7 @@ from benchmarks.test_bench_model import TrainStep, refill
 from benchmarks.timing import WallClockRounds, benchmark_cpu
 from benchmarks.twin import torch_nn_twin
 from fastconv.backend import use_backend
+from fastconv.cli import cpu_has_native_bf16
 from fastconv.models import RESNETS, build_model
 
 IMAGE_SIZES = {"catdog": 64, "catdog-res": 64, "resnet18": 32}  # model -> px
@@ -43,16 +44,13 @@ BATCH = 8
 ROUNDS = 5
 WARMUP_ROUNDS = 1
 NUM_CLASSES = 2
-CPU_HAS_NATIVE_BF16 = torch.backends.mkldnn.is_available() and bool(
-    torch.ops.mkldnn._is_mkldnn_bf16_supported()
-)
 AUTOCAST_DTYPES = [
     pytest.param(None, id="fp32"),
     pytest.param(
         torch.bfloat16,
         id="bf16",
         marks=pytest.mark.skipif(
-            not CPU_HAS_NATIVE_BF16, reason="this CPU has no native bf16 (AVX512-BF16 or AMX)"
+            not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)"
         ),
     ),
 ]

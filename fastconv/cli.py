@@ -29,11 +29,13 @@ __all__ = [
     "CLIError",
     "Parser",
     "backend_source",
+    "cpu_has_native_bf16",
     "exit_on_cli_error",
     "first_few",
     "float_above",
     "float_at_least",
     "int_at_least",
+    "resolve_amp",
     "resolve_backend_choice",
     "resolve_device",
 ]
@@ -127,6 +129,25 @@ def resolve_device(name: str, flag: str = "--device") -> torch.device:
     if device.index is not None and device.index >= count:
         raise CLIError(f"{flag} {name}: this machine has {count} CUDA device(s) (cuda:0..)")
     return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX: oneDNN's own check)."""
+    import torch
+
+    return torch.backends.mkldnn.is_available() and bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def resolve_amp(requested: str, device: torch.device) -> str:
+    """``--amp`` as a run applies it: ``auto`` is ``bf16`` on a CPU with native bf16, where
+    a catdog training step runs 1.7x faster and the measured accuracy stayed within noise
+    (docs/training-recipe.md), and ``off`` elsewhere, GPUs included until a GPU run has
+    measured fastconv's bf16 kernels; any other value is kept."""
+    if requested != "auto":
+        return requested
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "off"
 
 
 def resolve_backend_choice(flag_value: str | None, device: torch.device) -> tuple[str, str]:

@@ -49,7 +49,7 @@ __all__ = [
     "parse_args",
 ]
 
-AMP_CHOICES = ("off", "fp16", "bf16")
+AMP_CHOICES = ("auto", "off", "fp16", "bf16")
 # Flags a resumed run may set anew: they change where and how fast it runs, or (--epochs) its
 # length, never what a step computes. Every other flag comes from the checkpoint; given again
 # on --resume it must repeat the checkpoint's value.
@@ -106,6 +106,14 @@ def build_parser(defaults: bool = True) -> Parser:
     )
     add("--batch-size", 16, type=int_at_least(1), help="images per step on each process")
     add("--lr", 1e-3, type=float_above(0.0), help="peak learning rate of the one-cycle schedule")
+    add(
+        "--warmup",
+        0.45,
+        type=float_above(0.0, 1.0),
+        metavar="FRACTION",
+        help="share of the one-cycle schedule's steps that raise the learning rate to --lr "
+        "(OneCycleLR's pct_start); the rest lower it to near zero along a cosine",
+    )
     add(
         "--weight-decay",
         0.05,
@@ -175,7 +183,14 @@ def build_parser(defaults: bool = True) -> Parser:
         help="validate on the mean of each image's and its mirror image's probabilities (one "
         "more forward pass per validation batch)",
     )
-    add("--amp", "off", choices=AMP_CHOICES, help="mixed precision autocast dtype")
+    add(
+        "--amp",
+        "auto",
+        choices=AMP_CHOICES,
+        help="mixed precision autocast dtype; auto: bf16 on a CPU with native bf16 (AVX512-BF16 "
+        "or AMX), where a step runs about 1.7x faster, else off (float32); a run saves the "
+        "resolved value",
+    )
     add(
         "--channels-last",
         True,
@@ -301,6 +316,7 @@ SETTINGS_BEFORE_THEIR_FLAG = {
     "ema": 0.0,
     "activation": "relu",
     "crop_scale": 1.0,
+    "warmup": 0.3,
 }
 
 

@@ -56,7 +56,13 @@ from fastconv.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from fastconv.cli import CLIError, backend_source, resolve_backend_choice, resolve_device
+from fastconv.cli import (
+    CLIError,
+    backend_source,
+    resolve_amp,
+    resolve_backend_choice,
+    resolve_device,
+)
 from fastconv.data import (
     CLASS_NAMES,
     CachedImages,
@@ -545,8 +551,14 @@ class Trainer:
         layout = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model.to(proc.device, memory_format=layout)
         self.optimizer = build_optimizer(self.model, args.lr, args.weight_decay)
+        total_steps = args.epochs * steps_per_epoch
+        if args.warmup * total_steps == 1:  # OneCycleLR divides by zero
+            raise SetupError(
+                f"--warmup {args.warmup} makes the warm-up exactly 1 of the {total_steps} steps; "
+                "give another --warmup or --epochs"
+            )
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch
+            self.optimizer, max_lr=args.lr, total_steps=total_steps, pct_start=args.warmup
         )
         self.amp_dtype = AMP_DTYPES[args.amp]
         self.scaler = torch.amp.GradScaler(proc.device.type, enabled=args.amp == "fp16")
@@ -806,10 +818,12 @@ def _run(args: argparse.Namespace, given: set[str], proc: Process) -> int:
     elif args.out is None:
         args.out = str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     args.backend, args.backend_resolved = requested, resolved
+    amp_requested, args.amp = args.amp, resolve_amp(args.amp, proc.device)
     say(
         proc,
         f"device: {proc.device} x {proc.world_size} process(es); fastconv backend: {resolved} "
-        f"(requested {requested}, from {source})",
+        f"(requested {requested}, from {source}); autocast: {args.amp}"
+        + (f" (from --amp {amp_requested})" if amp_requested != args.amp else ""),
     )
     with backend.use_backend(requested):
         return _train(args, proc, resumed)

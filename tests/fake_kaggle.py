@@ -101,6 +101,7 @@ def write_bad_files(folder: Path, prefix: bool = True) -> dict[str, Path]:
 # Small and fast: 32 px images, the small network, the torch reference backend (the Triton
 # interpreter would take minutes), no worker processes.
 FAST_TRAIN_FLAGS = (
+    "--amp=off",  # float32 on every machine: --amp auto would pick bf16 on some CPUs only
     "--img-size=32",
     "--model=catdog-small",
     "--batch-size=16",

@@ -28,7 +28,7 @@ from conftest import conv_activations
 from fake_kaggle import FAST_TRAIN_FLAGS, cli_env, write_bad_files
 from torch import nn
 
-from fastconv import backend, predict, train, training
+from fastconv import backend, cli, predict, train, training
 from fastconv.checkpoint import load_checkpoint, save_checkpoint
 from fastconv.data import CLASS_NAMES, write_demo_dataset
 from fastconv.plots import plot_confusion_matrix
@@ -37,6 +37,7 @@ from fastconv.plots import plot_confusion_matrix
 STEPS_PER_EPOCH = 4
 EPOCHS = 2
 TINY_FLAGS = (
+    "--amp=off",  # float32 on every machine: --amp auto would pick bf16 on some CPUs only
     "--img-size=16",
     "--model=catdog-small",
     "--batch-size=16",
@@ -173,9 +174,10 @@ def test_help_documents_every_flag(capsys):
         "--data", "--epochs", "--batch-size", "--lr", "--weight-decay", "--img-size", "--model",
         "--amp", "--channels-last", "--device", "--seed", "--workers", "--out", "--resume",
         "--save-every", "--backend", "--limit", "--val-fraction", "--demo", "--activation",
+        "--warmup",
     ):  # fmt: skip
         assert flag in text
-    assert "{off,fp16,bf16}" in text and "{auto,triton,torch}" in text
+    assert "{auto,off,fp16,bf16}" in text and "{auto,triton,torch}" in text
     assert "{silu,relu,gelu}" in text and "relu for catdog-res and resnet18" in text
     assert "(default: tmp)" in text and "(default: 0.1)" in text
     assert "$FASTCONV_BACKEND" in text
@@ -288,8 +290,8 @@ def test_resume_restores_every_part_of_the_state(demo_data, tmp_path, monkeypatc
     loading.)
     """
     run = tmp_path / "run"
-    flags = [f"--data={demo_data}", "--epochs=2", f"--out={run}", "--amp=fp16", "--ema=0.9"]
-    flags += TINY_FLAGS
+    flags = [f"--data={demo_data}", "--epochs=2", f"--out={run}", "--ema=0.9", *TINY_FLAGS]
+    flags.append("--amp=fp16")
     patch_training_forward(monkeypatch, ctrl_c_at(2))
     assert train.main(flags) == train.EXIT_INTERRUPTED
     monkeypatch.undo()
@@ -473,7 +475,10 @@ def test_resume_with_more_epochs_extends_the_schedule(
     param = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=3e-3)
     total = (EPOCHS + 1) * STEPS_PER_EPOCH
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=total)
+    warmup = load_checkpoint(reference_run / "last.pt")["args"]["warmup"]
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, total_steps=total, pct_start=warmup
+    )
     for _ in range(EPOCHS * STEPS_PER_EPOCH):
         optimizer.step()
         schedule.step()
@@ -489,6 +494,36 @@ def test_resume_with_more_epochs_extends_the_schedule(
     assert (state["epoch"], state["step"]) == (EPOCHS + 1, 0)
     assert state["scheduler"]["last_epoch"] == state["scheduler"]["total_steps"] == total
     assert state["args"]["epochs"] == EPOCHS + 1
+
+
+@pytest.mark.parametrize("warmup", [0.25, 0.75])
+def test_warmup_is_the_share_of_steps_that_raise_the_learning_rate(
+    warmup, demo_data, tmp_path, monkeypatch
+):
+    lrs = []
+    seed_step = training.Trainer.seed_step
+
+    def record_lr(self, *args):
+        lrs.append(self.optimizer.param_groups[0]["lr"])
+        seed_step(self, *args)
+
+    monkeypatch.setattr(training.Trainer, "seed_step", record_lr)
+    run = tmp_path / "run"
+    assert train.main(run_flags(demo_data, run, f"--warmup={warmup}")) == 0
+    total = EPOCHS * STEPS_PER_EPOCH
+    peak = round(warmup * total) - 1  # the step OneCycleLR reaches --lr at
+    assert len(lrs) == total and lrs[peak] == pytest.approx(3e-3)
+    assert lrs[: peak + 1] == sorted(lrs[: peak + 1]) and lrs[peak:] == sorted(lrs[peak:])[::-1]
+    assert load_checkpoint(run / "last.pt")["args"]["warmup"] == warmup
+
+
+def test_a_warmup_of_exactly_one_step_is_a_one_line_error(demo_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    warmup = 1 / (EPOCHS * STEPS_PER_EPOCH)  # OneCycleLR cannot build this schedule
+    assert train.main(run_flags(demo_data, run, f"--warmup={warmup}")) == 2
+    err = capsys.readouterr().err
+    assert f"error: --warmup {warmup} makes the warm-up exactly 1 of the 8 steps" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("epochs", [[], [f"--epochs={EPOCHS}"]])
@@ -549,6 +584,8 @@ def early_error_cases() -> list:
         (["--label-smoothing=1"], {}, "--label-smoothing"),
         (["--label-smoothing=-0.1"], {}, "--label-smoothing"),
         (["--ema=1"], {}, "--ema"),
+        (["--warmup=0"], {}, "--warmup"),
+        (["--warmup=1"], {}, "--warmup"),
         (["--ema=-0.1"], {}, "--ema"),
         (["--activation=tanh"], {}, "--activation"),
         (["--model=catdog-res", "--activation=silu"], {}, "--activation silu does not fit --model"),
@@ -663,6 +700,7 @@ def test_unusable_resume_checkpoint_exits_2_with_one_line(kind, reference_run, t
         ("--crop-scale=0.5", "--crop-scale 0.5 conflicts with 1.0"),
         ("--no-tta", "--tta False conflicts with True"),
         ("--ema=0.9", "--ema 0.9 conflicts with 0.999"),
+        ("--warmup=0.3", "--warmup 0.3 conflicts with 0.45"),
         ("--activation=relu", "--activation relu conflicts with silu"),
         ("--data=elsewhere", "--data elsewhere conflicts with"),
         ("--epochs=1", "--epochs 1 is fewer than"),
@@ -808,10 +846,20 @@ def test_loader_times_split_waiting_for_batches_from_the_steps():
 # --------------------------------------------------------------------------- inside a step
 
 
-@pytest.mark.parametrize(("amp", "channels_last"), [("off", False), ("bf16", True), ("fp16", True)])
+@pytest.mark.parametrize(
+    ("amp", "native_bf16", "channels_last", "applied"),
+    [
+        ("off", True, False, "off"),
+        ("bf16", False, True, "bf16"),
+        ("fp16", True, True, "fp16"),
+        ("auto", True, True, "bf16"),
+        ("auto", False, True, "off"),
+    ],
+)
 def test_amp_and_channels_last_take_effect_inside_a_training_step(
-    amp, channels_last, demo_data, tmp_path, monkeypatch
+    amp, native_bf16, channels_last, applied, demo_data, tmp_path, monkeypatch
 ):
+    """--amp auto is bf16 on a CPU with native bf16 only; the checkpoint saves what applied."""
     records = []
     build = training.build_model
 
@@ -835,17 +883,27 @@ def test_amp_and_channels_last_take_effect_inside_a_training_step(
         return model
 
     monkeypatch.setattr(training, "build_model", build_with_probe)
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: native_bf16)
     run = tmp_path / "run"
-    flags = [f"--data={demo_data}", f"--out={run}", "--epochs=1", f"--amp={amp}", *TINY_FLAGS]
+    flags = [f"--data={demo_data}", f"--out={run}", "--epochs=1", *TINY_FLAGS, f"--amp={amp}"]
     layout = "--channels-last" if channels_last else "--no-channels-last"
     assert train.main([*flags, layout]) == 0
-    dtype = training.AMP_DTYPES[amp]
+    dtype = training.AMP_DTYPES[applied]
     want = (dtype is not None, dtype or torch.get_autocast_dtype("cpu"), dtype or torch.float32)
     assert len(records) == 2 * STEPS_PER_EPOCH
     for record in records:
         assert record[:3] == want
         assert record[3:] == (channels_last, channels_last)
-    assert bool(load_checkpoint(run / "last.pt")["scaler"]) == (amp == "fp16")  # GradScaler on
+    state = load_checkpoint(run / "last.pt")
+    assert state["args"]["amp"] == applied  # a resume repeats it on any machine
+    assert bool(state["scaler"]) == (applied == "fp16")  # GradScaler on
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_amp_auto_stays_float32_on_a_gpu(device, monkeypatch):
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: True)
+    assert cli.resolve_amp("auto", torch.device(device)) == "off"
+    assert cli.resolve_amp("bf16", torch.device(device)) == "bf16"
 
 
 def test_progress_bar_shows_running_loss_and_accuracy_every_step(demo_data, tmp_path, monkeypatch):

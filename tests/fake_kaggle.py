@@ -106,6 +106,7 @@ FAST_TRAIN_FLAGS = (
     "--model=catdog-small",
     "--batch-size=16",
     "--lr=0.003",  # the synthetic shapes are learnt in 2 epochs at this rate
+    "--warmup=0.3",  # and on this schedule (the default warm-up before 0.45)
     "--workers=0",
     "--backend=torch",
 )

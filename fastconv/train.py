@@ -116,9 +116,9 @@ def build_parser(defaults: bool = True) -> Parser:
     )
     add(
         "--weight-decay",
-        0.05,
+        0.2,
         type=float_at_least(0.0),
-        help="AdamW weight decay (not on BN/bias)",
+        help="AdamW weight decay (not on BN/bias); docs/training-recipe.md, rows U8 and U9",
     )
     add(
         "--img-size",
@@ -162,10 +162,10 @@ def build_parser(defaults: bool = True) -> Parser:
     )
     add(
         "--label-smoothing",
-        0.0,
+        0.1,
         type=float_at_least(0.0, 1.0),
         help="share of each training target spread evenly over the classes (cross-entropy's "
-        "label_smoothing)",
+        "label_smoothing); docs/training-recipe.md, row U9",
     )
     add(
         "--ema",

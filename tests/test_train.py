@@ -696,7 +696,7 @@ def test_unusable_resume_checkpoint_exits_2_with_one_line(kind, reference_run, t
         ("--seed=1", "--seed 1 conflicts with 0"),
         ("--amp=bf16", "--amp bf16 conflicts with off"),
         ("--no-channels-last", "--channels-last False conflicts with True"),
-        ("--label-smoothing=0.2", "--label-smoothing 0.2 conflicts with 0.0"),
+        ("--label-smoothing=0.2", "--label-smoothing 0.2 conflicts with 0.1"),
         ("--crop-scale=0.5", "--crop-scale 0.5 conflicts with 1.0"),
         ("--no-tta", "--tta False conflicts with True"),
         ("--ema=0.9", "--ema 0.9 conflicts with 0.999"),

@@ -26,12 +26,13 @@ from benchmarks.timing import benchmark_cpu, benchmark_gpu, median_gpu_ms, media
 from benchmarks.twin import torch_nn_twin
 from fastconv.backend import use_backend
 from fastconv.models import build_model
-from fastconv.train import build_optimizer
+from fastconv.train import build_optimizer, build_parser
 
 GPU_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # name -> autocast dtype
 CPU_IMAGE_SIZE = 64
 CPU_ROUNDS = 5
 NUM_CLASSES = 2
+TRAIN_DEFAULTS = build_parser().parse_args([])  # the step's lr, weight decay, label smoothing
 
 
 class TrainStep:
@@ -40,14 +41,16 @@ class TrainStep:
     def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None) -> None:
         self.model = model.train()
         self.autocast_dtype = autocast_dtype
-        self.optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+        self.optimizer = build_optimizer(
+            model, lr=TRAIN_DEFAULTS.lr, weight_decay=TRAIN_DEFAULTS.weight_decay
+        )
 
     def __call__(self, images: Tensor, labels: Tensor) -> None:
         with torch.autocast(
             images.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
         ):
             logits = self.model(images).float()
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=TRAIN_DEFAULTS.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -49,6 +49,14 @@ def poison_kernel_allocations() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def ieee_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 means IEEE fp32 dots in every test, as in Triton's interpreter; a test of tf32
+    turns ``torch.backends.cudnn.allow_tf32`` back on itself (on a GPU it defaults to True,
+    and the kernels follow it: kernels/launch.py's ``input_precision``)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 @pytest.fixture
 def device() -> torch.device:
     """The device the kernels are tested on: CUDA when present, else the CPU interpreter."""

@@ -25,12 +25,6 @@ CONV_SHAPE = ConvShape("check-3x3", 2, 5, 9, 8, 6, 3, 3, padding=(1, 1))
 CONV_DTYPES = [torch.float32, torch.float16]
 
 
-@pytest.fixture(autouse=True)
-def ieee_fp32(monkeypatch):
-    """The interpreter computes fp32 dots in IEEE fp32, so the check's fp32 bounds apply."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 def run_conv_check(provider: str, dtype: torch.dtype, with_backward: bool) -> None:
     torch.manual_seed(0)
     inputs, grad_y = CONV_SHAPE.random_inputs(dtype, DEVICE)  # as the benchmark draws them

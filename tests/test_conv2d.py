@@ -59,12 +59,6 @@ OPS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def ieee_fp32(monkeypatch):
-    """fp32 kernels (and cuDNN references) use IEEE dots unless a test turns tf32 on."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 def make_input(n, c, h, w, layout, dtype):
     """A leaf (N, C, H, W) tensor in the given layout; views keep their strides."""
     if layout == "channel-slice":
@@ -112,11 +106,16 @@ def test_matches_torch_forward_and_backward(
     y.backward(grad_y)
 
     x64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (x, weight, bias))
-    y64 = F.conv2d(x64, w64, b64, stride, padding, dil)
-    y64 = F.relu(y64) if relu else y64
-    y64.backward(grad_y.cpu().double())
+    z64 = F.conv2d(x64, w64, b64, stride, padding, dil)
+    y64 = F.relu(z64) if relu else z64
+    grad_z64 = grad_y.cpu().double()
     if relu:
         assert (y64 == 0).any() and (y64 > 0).any(), "the ReLU mask path is not exercised"
+        # A pre-activation within rounding of 0 may fall on either side of the kink (tf32 and
+        # bf16 do move some): the gradient follows the kernel's own mask, whose output is
+        # checked against y64 below, so a backward masking by anything else still fails.
+        grad_z64 = grad_z64 * (y.detach().cpu() > 0)
+    z64.backward(grad_z64)
 
     assert y.dtype == dtype and y.shape == y64.shape
     if layout == "channels_last":

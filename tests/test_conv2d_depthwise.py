@@ -199,7 +199,8 @@ def test_empty_batch():
     )
     assert dw.depthwise_bwd_input(grad_y, weight, x.shape, (1, 1), (1, 1), (1, 1)).numel() == 0
     grad_w, grad_b = dw.depthwise_bwd_weight(grad_y, x, weight.shape, (1, 1), (1, 1), (1, 1), True)
-    assert torch.equal(grad_w, torch.zeros_like(weight)) and torch.equal(grad_b, torch.zeros(8))
+    assert torch.equal(grad_w, torch.zeros_like(weight))
+    assert torch.equal(grad_b, torch.zeros(8, device=DEVICE))
 
 
 def test_is_depthwise():

@@ -29,11 +29,6 @@ DTYPES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def ieee_fp32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize(("dtype", "atol", "rtol"), DTYPES)
 @pytest.mark.parametrize(("op", "relu"), [(conv2d_bias_relu, True), (conv2d, False)])

@@ -37,11 +37,6 @@ DTYPES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def ieee_fp32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 def assert_same_nonfinite_and_close(actual, expected, atol, rtol, what):
     actual = actual.detach().cpu().double()
     assert torch.equal(actual.isnan(), expected.isnan()), (

@@ -18,12 +18,6 @@ from fastconv.kernels.conv2d_stem import conv2d_stem_fwd, stem_configs, uses_ste
 from fastconv.kernels.epilogue import IDENTITY, RELU
 
 
-@pytest.fixture(autouse=True)
-def ieee_fp32(monkeypatch):
-    """fp32 runs IEEE dots unless a test turns tf32 on."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 def output_size(h, w, r, s, stride, padding, dilation, extra=(0, 0)):
     """(P, Q) for symmetric padding, plus ``extra`` rows/columns (negative: fewer)."""
     return tuple(
@@ -199,13 +193,13 @@ def test_padded_copies():
     x_pad = conv2d_stem.pad_input(x, 4, (1, 2), (6, 8))
     assert x_pad.shape == (2, 6, 8, 4)
     assert torch.equal(x_pad[:, 1:5, 2:7, :3], x.permute(0, 2, 3, 1))
-    assert x_pad.sum() == x.sum() and x_pad[..., 3].abs().sum() == 0
+    assert x_pad.count_nonzero() == x.count_nonzero()  # zeros everywhere else
     weight = torch.randn(5, 3, 2, 3)
     w_pad = conv2d_stem.pad_weight(weight, 4)
     assert w_pad.shape == (64, 32) and w_pad.is_contiguous()
     k, c, r, s = 4, 2, 1, 2
     assert w_pad[k, (r * 3 + s) * 4 + c] == weight[k, c, r, s]
-    assert w_pad.abs().sum() == weight.abs().sum()
+    assert torch.equal(w_pad[w_pad != 0].sort().values, weight.flatten().sort().values)
 
 
 def test_uses_stem_path_and_configs():

@@ -17,11 +17,6 @@ from fastconv.conv_bn import Conv2dBatchNormAct, fold_batch_norm
 from fastconv.fusion import convert
 
 
-@pytest.fixture(autouse=True)
-def ieee_fp32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 def _randomize(bn: nn.BatchNorm2d, seed: int = 0) -> nn.BatchNorm2d:
     """Non-trivial running statistics and affine parameters."""
     g = torch.Generator().manual_seed(seed)

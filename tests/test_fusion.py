@@ -20,11 +20,6 @@ from fastconv.convert import randomize_batchnorms
 from fastconv.fusion import convert
 
 
-@pytest.fixture(autouse=True)
-def ieee_fp32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 def _torchvision(name: str, mode: str) -> nn.Module:
     """The model with random weights and BatchNorms, dropout and stochastic depth off; in
     train mode vgg11_bn gets a small classifier (its 120M-parameter one would dominate the

@@ -788,15 +788,18 @@ def _adaptive_avg_pool2d_fwd_kernel(
     w_start = (q * W) // Q
     w_size = ((q + 1) * W + Q - 1) // Q - w_start
     x_base = x_ptr + n * stride_xn + c * stride_xc + h_start * stride_xh + w_start * stride_xw
-    acc = tl.zeros([BLOCK_M], tl.float32)
+    # A 2-D accumulator summed once after the loop: with `acc += tl.sum(tile, axis=1)` in the
+    # loop, Triton 3.6 compiles the fp32 kernel with BLOCK_K = 4 to add two rows' elements
+    # together (wrong outputs on an H200, 2026-11-27; the fp16 build is right).
+    acc = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
     for k_start in range(0, max_window_numel, BLOCK_K):
         k = k_start + tl.arange(0, BLOCK_K)
         r = k // max_window_w
         s = k % max_window_w
         ok = in_range[:, None] & (r[None, :] < h_size[:, None]) & (s[None, :] < w_size[:, None])
         ptrs = x_base[:, None] + r[None, :] * stride_xh + s[None, :] * stride_xw
-        acc += tl.sum(tl.load(ptrs, mask=ok, other=0.0).to(tl.float32), axis=1)
-    y = acc / (h_size * w_size).to(tl.float32)
+        acc += tl.load(ptrs, mask=ok, other=0.0).to(tl.float32)
+    y = tl.sum(acc, axis=1) / (h_size * w_size).to(tl.float32)
     y_offs = n * stride_yn + c * stride_yc + p * stride_yh + q * stride_yw
     tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=in_range)
 

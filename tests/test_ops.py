@@ -224,8 +224,8 @@ def _exported_targets(program) -> list[str]:
 
 
 def test_export_fastconv_model_with_dynamic_batch(triton_backend, tmp_path):
-    model = ResidualNet().eval()
-    x = torch.randn(2, 3, 8, 8)
+    model = ResidualNet().eval().to(DEVICE)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
     targets = _exported_targets(program)
@@ -235,7 +235,7 @@ def test_export_fastconv_model_with_dynamic_batch(triton_backend, tmp_path):
     decomposed = _exported_targets(program.run_decompositions())
     assert decomposed.count("fastconv.conv2d.default") == 2
     assert _aten_conv_or_pool(decomposed) == []
-    torch.testing.assert_close(program.module()(torch.randn(3, 3, 8, 8)).shape, (3, 2))
+    assert program.module()(torch.randn(3, 3, 8, 8, device=DEVICE)).shape == (3, 2)
 
     path = tmp_path / "net.pt2"
     torch.export.save(program, path)
@@ -259,8 +259,8 @@ def test_export_fastconv_model_with_dynamic_batch(triton_backend, tmp_path):
 def test_export_converted_resnet18(triton_backend):
     """Every converted conv and pool of resnet18 is a fastconv op in the exported graph
     (export traces with fake tensors: no forward runs)."""
-    model, _ = convert(torchvision.models.resnet18(weights=None).eval())
-    program = torch.export.export(model, (torch.randn(1, 3, 64, 64),))
+    model, _ = convert(torchvision.models.resnet18(weights=None).eval().to(DEVICE))
+    program = torch.export.export(model, (torch.randn(1, 3, 64, 64, device=DEVICE),))
     targets = _exported_targets(program)
     assert targets.count("fastconv.conv2d.default") == 20
     assert targets.count("fastconv.max_pool2d.default") == 1

@@ -202,8 +202,9 @@ def test_layer_padding_mode_matches_torch(
     weight, bias (and residual) gradients; no aten convolution or pad op runs."""
     torch.manual_seed(4)
     kernel_size = (3, 2) if padding == "same" else 3
-    reference = nn.Conv2d(4, 5, kernel_size, padding=padding, padding_mode=mode).double()
-    layer = cls(4, 5, kernel_size, padding=padding, padding_mode=mode)
+    reference = nn.Conv2d(4, 5, kernel_size, padding=padding, padding_mode=mode)
+    reference = reference.to(DEVICE, torch.float64)
+    layer = cls(4, 5, kernel_size, padding=padding, padding_mode=mode).to(DEVICE)
     with torch.no_grad():
         layer.weight.copy_(reference.weight)
         layer.bias.copy_(reference.bias)

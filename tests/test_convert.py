@@ -20,12 +20,6 @@ from fastconv.module_swap import swap_modules
 FASTCONV_CLASSES = (layers.Conv2d, layers.MaxPool2d, layers.AvgPool2d, layers.AdaptiveAvgPool2d)
 
 
-@pytest.fixture
-def no_tf32(monkeypatch):
-    """fp32 convolutions in full precision on a GPU too, so float64 parity holds."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 class ResidualBlock(nn.Module):
     """Conv and ReLU as attributes, not in a Sequential: fused by FX, not by the module swap."""
 
@@ -146,7 +140,7 @@ def test_convert_hand_made_model_with_fx():
     assert report.left_to_torch == [("9", "WeightScaledConv2d subclasses nn.Conv2d; kept as is")]
 
 
-def test_convert_hand_made_model_matches_original(device, triton_backend, no_tf32, record_aten_ops):
+def test_convert_hand_made_model_matches_original(device, triton_backend, record_aten_ops):
     """Output and every gradient on Triton vs the original in float64, no aten convolution or
     pooling (the subclassed convolution, which would run in torch, made a plain one)."""
     torch.manual_seed(0)
@@ -259,7 +253,7 @@ SEQUENTIAL_SUBCLASSES = [
     ids=[cls.__name__ for cls, _ in SEQUENTIAL_SUBCLASSES],
 )
 def test_convert_sequential_subclass_fuses_only_in_order(
-    container_cls, override, device, triton_backend, no_tf32, record_aten_ops
+    container_cls, override, device, triton_backend, record_aten_ops
 ):
     """The module swap does not fuse in a subclass that overrides how nn.Sequential runs its
     children: its conv and pool are replaced one by one, the ReLU kept and listed in
@@ -360,7 +354,7 @@ def test_convert_keeps_weight_norm_conv():
 
 @pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
 def test_convert_runs_padding_modes_on_fastconv(
-    padding_mode, device, triton_backend, no_tf32, record_aten_ops
+    padding_mode, device, triton_backend, record_aten_ops
 ):
     """A padded conv -> BatchNorm -> ReLU fuses (eval: folded into the epilogue) and runs on
     fastconv with the pool: no aten convolution or pooling."""
@@ -405,7 +399,7 @@ WHOLE_MODEL_BACKEND = "triton" if torch.cuda.is_available() else "torch"
     TORCHVISION_CASES,
     ids=[case[0] for case in TORCHVISION_CASES],
 )
-def test_convert_torchvision_model(name, size, fused, pools, device, no_tf32, record_aten_ops):
+def test_convert_torchvision_model(name, size, fused, pools, device, record_aten_ops):
     """What convert fuses and leaves in a whole torchvision model, and that the result
     computes the original's function (on Triton with a GPU; on the CPU on the torch backend,
     the stems run on Triton in test_convert_torchvision_stem_on_triton)."""
@@ -467,7 +461,7 @@ def _record_outputs(model: nn.Module, names: list[str]) -> dict[str, torch.Tenso
     ids=[case[0] for case in TORCHVISION_STEMS],
 )
 def test_convert_torchvision_stem_on_triton(
-    name, stem, size, fused, replaced, device, triton_backend, no_tf32, record_aten_ops
+    name, stem, size, fused, replaced, device, triton_backend, record_aten_ops
 ):
     """The first layers of each torchvision model, converted, on the Triton kernels (no aten
     conv or pool) vs the original in float64: the output of every fused or replaced module

@@ -189,11 +189,10 @@ def forced_int64(monkeypatch):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_int64_index_path_matches_torch(forced_int64, triton_backend, monkeypatch, stride):
+def test_int64_index_path_matches_torch(forced_int64, triton_backend, stride):
     """The INDEX_64 code of all three kernels, forced on, against float64 torch."""
     from fastconv.functional import conv2d_bias_relu
 
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(3)
     # 9 input channels: the implicit-GEMM forward (the stem kernel's own test forces it too)
     x = torch.randn(2, 9, 7, 6, device=DEVICE, requires_grad=True)

@@ -59,12 +59,6 @@ def _torch_model() -> nn.Sequential:
     )
 
 
-@pytest.fixture
-def no_tf32(monkeypatch):
-    """fp32 convolutions in full precision on a GPU too, so float64 parity holds."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
 def _torch_keys(key: str) -> str:
     """State-dict key of the torch model for a key of the fastconv model (conv is ``i.0``)."""
     index, rest = key.split(".", 1)
@@ -164,9 +158,8 @@ def _torch_twin(fastconv_model: nn.Sequential) -> nn.Sequential:
     return twin
 
 
-def test_vgg_style_model_matches_torch(device, triton_backend, record_aten_ops, monkeypatch):
+def test_vgg_style_model_matches_torch(device, triton_backend, record_aten_ops):
     """Output and every gradient of the fastconv model (Triton, float32) vs torch (float64)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full fp32 on a GPU too
     torch.manual_seed(0)
     fastconv_model = _fastconv_model().to(device)
     twin = _torch_twin(fastconv_model)
@@ -191,13 +184,12 @@ def _counting_aot_eager(graphs: list):
 
 
 @pytest.mark.parametrize("backend_name", ["torch", "triton"])
-def test_torch_compile_of_fastconv_model_matches_torch_nn(backend_name, device, monkeypatch):
+def test_torch_compile_of_fastconv_model_matches_torch_nn(backend_name, device):
     """torch.compile(fullgraph=True) of the fastconv model: one graph, and output and every
     gradient match the torch.nn model. On the Triton backend the graph calls the
     ``torch.ops.fastconv`` ops and no aten conv or pool runs; on the torch backend it holds
     torch's ops. The reference is an independent torch.nn model, not eager fastconv.
     """
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     fastconv_model = _fastconv_model().to(device)
     twin = _torch_twin(fastconv_model)
@@ -305,7 +297,7 @@ FROM_TORCH_CASES = {
     ("fastconv_cls", "make_module"), FROM_TORCH_CASES.values(), ids=list(FROM_TORCH_CASES)
 )
 def test_from_torch_copies_attribute(
-    fastconv_cls, make_module, device, triton_backend, record_aten_ops, no_tf32
+    fastconv_cls, make_module, device, triton_backend, record_aten_ops
 ):
     """from_torch keeps each hyper-parameter, the parameters and the mode; same output on Triton."""
     torch.manual_seed(0)
@@ -329,7 +321,7 @@ def test_from_torch_copies_attribute(
     torch.testing.assert_close(actual, expected.float(), atol=1e-5, rtol=1e-5)
 
 
-def test_conv2d_relu_from_torch_applies_relu(device, triton_backend, record_aten_ops, no_tf32):
+def test_conv2d_relu_from_torch_applies_relu(device, triton_backend, record_aten_ops):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 5, 3).to(device)
     layer = layers.Conv2dReLU.from_torch(conv)

@@ -92,10 +92,10 @@ def conv_parity(
     y_ref = reference_activation(z, activation, negative_slope)
     y_ref.backward(grad_out.cpu().double())
     k, c_per_group, r, s = weight.shape
+    pixels = y.shape[0] * y.shape[2] * y.shape[3]
     reductions = {  # the length of each sum, for the tolerance
-        "output": c_per_group * r * s, "input": k // groups * r * s,
-        "weight": y.shape[0] * y.shape[2] * y.shape[3], "bias": y.shape[0] * y.shape[2] * y.shape[3],
-        "scale": y.shape[0] * y.shape[2] * y.shape[3] * c_per_group * r * s, "residual": 1,
+        "output": c_per_group * r * s, "input": k // groups * r * s, "weight": pixels,
+        "bias": pixels, "scale": pixels * c_per_group * r * s, "residual": 1,
     }  # fmt: skip
     _check(y.cpu(), y_ref, reductions["output"], x.dtype, "output")
     assert y.dtype == x.dtype

@@ -338,11 +338,16 @@ class ImageCache:
 
 
 def _cache_key(images: ImageList, size: int) -> str:
-    """Hash of the file list (paths, sizes, mtimes, labels) and the size."""
+    """Hash of the file list (paths, names, sizes, mtimes, labels) and the size.
+
+    A file counts both by where it resolves to and by the name it is listed under (which the
+    cache records): renaming a symlink changes the second only.
+    """
     digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|".encode())
     for path, label in zip(images.paths, images.labels.tolist(), strict=True):
         stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+        file = f"{path.resolve()}|{path.name}|{stat.st_size}|{stat.st_mtime_ns}|{label}"
+        digest.update(f"{file}\n".encode())
     return digest.hexdigest()
 
 

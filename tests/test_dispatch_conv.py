@@ -427,3 +427,57 @@ def test_wgrad_channel_padding_end_to_end(monkeypatch, groups, per_group, padded
     assert kernel_names(launches) == [GEMM, GEMM, WGRAD]
     _, x_copy = x_copies  # grad_y's, then x's
     assert x_copy == (groups * padded, padded != per_group)
+
+
+# --------------------------------------------------------------------------- vector widths
+
+
+@pytest.mark.parametrize(
+    ("channels", "vec"),
+    [
+        pytest.param(6, 2, id="C6-vec2"),
+        pytest.param(12, 4, id="C12-vec4"),
+        pytest.param(8, 8, id="C8-vec8"),
+        pytest.param(16, 16, id="C16-vec16"),
+        pytest.param(32, 16, id="C32-vec-capped-16"),
+    ],
+)
+def test_depthwise_vector_width(channels, vec):
+    """conv2d_depthwise._vec: VEC is the largest power of 2, at most 16, dividing the channel
+    count and every pixel stride; each side computes what torch does."""
+    x, weight, bias = conv_case(channels, channels, c_per_group=1)
+    x = x.contiguous(memory_format=torch.channels_last)
+    launches = conv_parity(x, weight, bias, padding=1, groups=channels)
+    assert kernel_names(launches) == DEPTHWISE
+    assert [launch.meta["VEC"] for launch in launches] == [vec] * 3
+
+
+# --------------------------------------------------------------------------- epilogue operands
+
+
+@pytest.mark.parametrize(
+    ("residual_format", "copied"),
+    [
+        pytest.param(torch.channels_last, False, id="same-format-read-as-is"),
+        pytest.param(torch.contiguous_format, True, id="nchw-residual-copied-to-channels_last"),
+    ],
+)
+def test_residual_is_read_in_the_output_layout(monkeypatch, residual_format, copied):
+    """epilogue._like: a residual in the output's memory format is read as it is, any other
+    copied to it once (one offset addresses both in the kernel)."""
+    from fastconv.kernels import epilogue
+
+    copies = []
+    like = epilogue._like
+
+    def recording_like(t, out):
+        result = like(t, out)
+        copies.append(result is not t)
+        return result
+
+    monkeypatch.setattr(epilogue, "_like", recording_like)
+    x, weight, bias = conv_case(16, 16, h=4, w=4)
+    x = x.contiguous(memory_format=torch.channels_last)
+    residual = randn(1, 16, 4, 4, seed=4).contiguous(memory_format=residual_format)
+    conv_parity(x, weight, bias, padding=1, activation="relu", residual=residual)
+    assert copies == [copied]

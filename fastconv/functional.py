@@ -1,10 +1,10 @@
 """Functional API over the Triton kernels, with torch's signatures.
 
 Each public function validates its arguments (errors name the argument and the shapes),
-applies autocast, picks the backend (:mod:`fastconv.backend`) and runs either the
-``torch.ops.fastconv`` op (:mod:`fastconv.ops`: forward and backward run the Triton
-launchers in :mod:`fastconv.kernels`; torch.compile and torch.export see the op) or the
-torch reference ops.
+applies autocast, picks the backend (:mod:`fastconv.backend`) and runs either a fastconv
+op through :func:`fastconv.ops.call` (forward and backward run the Triton launchers in
+:mod:`fastconv.kernels`; torch.compile and torch.export see the ``torch.ops.fastconv`` op,
+eager calls skip its dispatch) or the torch reference ops.
 """
 
 from __future__ import annotations
@@ -228,7 +228,8 @@ def _conv2d(
         save_preact = needs_grad and saved_for_backward(activation, negative_slope) == "preact"
         # Autocast already cast the operands above; the op has no autocast kernel, so the
         # dispatcher passes it through unchanged (and export keeps a plain op node).
-        y, _ = ops.conv2d(
+        y, _ = ops.call(
+            ops.conv2d,
             *operands, stride_hw, before, dilation_hw, groups, out_hw,
             activation, float(negative_slope), save_preact,
         )  # fmt: skip
@@ -397,7 +398,7 @@ def max_pool2d(
         y, indices = result if return_indices else (result, None)
     else:
         store_argmax = return_indices or (torch.is_grad_enabled() and x.requires_grad)
-        y, argmax = ops.max_pool2d(x, kernel, step, pad, dil, out_hw, store_argmax)
+        y, argmax = ops.call(ops.max_pool2d, x, kernel, step, pad, dil, out_hw, store_argmax)
         indices = None
         if return_indices:
             indices = _max_pool_indices(argmax, x.shape[-2:], kernel, step, pad, dil)
@@ -436,7 +437,9 @@ def avg_pool2d(
     if resolve_backend(x.device) == "torch":
         y = F.avg_pool2d(x, kernel, step, pad, ceil_mode, count_include_pad, divisor_override)
     else:
-        y = ops.avg_pool2d(x, kernel, step, pad, out_hw, bool(count_include_pad), divisor_override)
+        y = ops.call(
+            ops.avg_pool2d, x, kernel, step, pad, out_hw, bool(count_include_pad), divisor_override
+        )
     return y.squeeze(0) if unbatched else y
 
 
@@ -471,5 +474,5 @@ def adaptive_avg_pool2d(input: Tensor, output_size: IntOrPair) -> Tensor:
     if resolve_backend(x.device) == "torch":
         y = F.adaptive_avg_pool2d(x, out_hw)
     else:
-        y = ops.adaptive_avg_pool2d(x, out_hw)
+        y = ops.call(ops.adaptive_avg_pool2d, x, out_hw)
     return y.squeeze(0) if unbatched else y

@@ -20,14 +20,23 @@ Ops (forward -> its backward ops):
 * ``max_pool2d -> (y, argmax)`` -> ``max_pool2d_backward``; ``avg_pool2d`` ->
   ``avg_pool2d_backward``; ``adaptive_avg_pool2d`` -> ``adaptive_avg_pool2d_backward``.
 * ``pad2d`` (reflect, replicate, circular; channels-last result) -> ``pad2d_backward``.
+
+Two ways in, the same kernels and gradient formulas: :func:`call` runs a forward op through
+its registered op while a graph is traced (torch.compile, torch.export, fake tensors), and
+eagerly through an ``autograd.Function`` (or, with no gradient needed, a direct call): a
+custom op's dispatch costs several times a Function's per call (docs/decisions.md, "Eager
+calls skip the custom-op dispatch").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.library import custom_op
 
 from fastconv.kernels.layout import memory_format_of
@@ -68,8 +77,7 @@ def _format(channels_last: bool) -> torch.memory_format:
 # --------------------------------------------------------------------------- convolution
 
 
-@custom_op("fastconv::conv2d", mutates_args=())
-def conv2d(
+def _conv2d_impl(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None,
@@ -99,6 +107,9 @@ def conv2d(
     return y, preact.contiguous(memory_format=torch.channels_last)
 
 
+conv2d = custom_op("fastconv::conv2d", _conv2d_impl, mutates_args=())
+
+
 @conv2d.register_fake
 def _(x, weight, bias, scale, residual, stride, padding, dilation, groups, output_size,
       activation, negative_slope, save_preact):  # fmt: skip
@@ -107,8 +118,7 @@ def _(x, weight, bias, scale, residual, stride, padding, dilation, groups, outpu
     return y, (_empty(shape, x, torch.channels_last) if save_preact else _nothing(x))
 
 
-@custom_op("fastconv::activation_backward", mutates_args=())
-def activation_backward(
+def _activation_backward_impl(
     grad_y: Tensor, saved: Tensor, activation: str, negative_slope: float
 ) -> Tensor:
     """grad_z = grad_y * act'(z) from the saved output or pre-activation, saved's format."""
@@ -117,13 +127,17 @@ def activation_backward(
     return activation_bwd(grad_y, saved, activation, negative_slope)
 
 
+activation_backward = custom_op(
+    "fastconv::activation_backward", _activation_backward_impl, mutates_args=()
+)
+
+
 @activation_backward.register_fake
 def _(grad_y, saved, activation, negative_slope):
     return _empty(saved.shape, grad_y, memory_format_of(saved))
 
 
-@custom_op("fastconv::conv2d_input_grad", mutates_args=())
-def conv2d_input_grad(
+def _conv2d_input_grad_impl(
     grad: Tensor,
     weight: Tensor,
     input_shape: Ints,
@@ -139,13 +153,17 @@ def conv2d_input_grad(
     return kernels.conv2d_bwd_input(grad, weight, tuple(input_shape), *geometry, groups)
 
 
+conv2d_input_grad = custom_op(
+    "fastconv::conv2d_input_grad", _conv2d_input_grad_impl, mutates_args=()
+)
+
+
 @conv2d_input_grad.register_fake
 def _(grad, weight, input_shape, stride, padding, dilation, groups):
     return _empty(input_shape, grad, memory_format_of(grad))
 
 
-@custom_op("fastconv::conv2d_weight_grad", mutates_args=())
-def conv2d_weight_grad(
+def _conv2d_weight_grad_impl(
     grad: Tensor,
     x: Tensor,
     weight_shape: Ints,
@@ -165,6 +183,11 @@ def conv2d_weight_grad(
     return grad_w, (grad_b if grad_b is not None else _nothing(x))
 
 
+conv2d_weight_grad = custom_op(
+    "fastconv::conv2d_weight_grad", _conv2d_weight_grad_impl, mutates_args=()
+)
+
+
 @conv2d_weight_grad.register_fake
 def _(grad, x, weight_shape, stride, padding, dilation, groups, bias_grad):
     grad_w = _empty(weight_shape, x, torch.contiguous_format)
@@ -180,12 +203,13 @@ def _conv2d_setup_context(ctx, inputs, output) -> None:
     saved = preact if save_preact else (None if activation == "identity" else y)
     ctx.save_for_backward(x, weight, scale, saved)
     ctx.mark_non_differentiable(preact)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for preact: it has none
     ctx.has_bias = bias is not None
     ctx.conv_args = (stride, padding, dilation, groups)
     ctx.activation = (activation, negative_slope)
 
 
-def _conv2d_backward(ctx, grad_y, _grad_preact):
+def _conv2d_backward(ctx, grad_y, _grad_preact, backward_ops: BackwardOps):
     """grad_z once, then dgrad on the scaled weight and wgrad on grad_z (docs/decisions.md,
     "A scale costs no saved tensor")."""
     x, weight, scale, saved = ctx.saved_tensors
@@ -193,17 +217,17 @@ def _conv2d_backward(ctx, grad_y, _grad_preact):
     needs = ctx.needs_input_grad
     grad_z = grad_y
     if saved is not None:
-        grad_z = activation_backward(grad_y, saved, *ctx.activation)
+        grad_z = backward_ops.activation_backward(grad_y, saved, *ctx.activation)
     grad_x = grad_w = grad_b = grad_scale = None
     if needs[0]:
         scaled_weight = weight if scale is None else weight * scale.view(-1, 1, 1, 1)
-        grad_x = conv2d_input_grad(
+        grad_x = backward_ops.conv2d_input_grad(
             grad_z, scaled_weight, x.shape, stride, padding, dilation, groups
         )
     need_bias_grad = ctx.has_bias and needs[2]
     need_scale_grad = scale is not None and needs[3]
     if needs[1] or need_bias_grad or need_scale_grad:
-        raw_grad_w, raw_grad_b = conv2d_weight_grad(
+        raw_grad_w, raw_grad_b = backward_ops.conv2d_weight_grad(
             grad_z, x, weight.shape, stride, padding, dilation, groups, need_bias_grad
         )
         grad_b = raw_grad_b if need_bias_grad else None
@@ -216,14 +240,10 @@ def _conv2d_backward(ctx, grad_y, _grad_preact):
     return grad_x, grad_w, grad_b, grad_scale, grad_residual, *([None] * 8)
 
 
-conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
-
-
 # --------------------------------------------------------------------------- pooling
 
 
-@custom_op("fastconv::max_pool2d", mutates_args=())
-def max_pool2d(
+def _max_pool2d_impl(
     x: Tensor,
     kernel_size: Ints,
     stride: Ints,
@@ -240,6 +260,9 @@ def max_pool2d(
     return y, (argmax if argmax is not None else _nothing(x))
 
 
+max_pool2d = custom_op("fastconv::max_pool2d", _max_pool2d_impl, mutates_args=())
+
+
 @max_pool2d.register_fake
 def _(x, kernel_size, stride, padding, dilation, output_size, store_argmax):
     from fastconv.kernels.pool2d import _argmax_dtype
@@ -252,8 +275,7 @@ def _(x, kernel_size, stride, padding, dilation, output_size, store_argmax):
     return y, _empty(shape, x, memory_format, _argmax_dtype(tuple(kernel_size)))
 
 
-@custom_op("fastconv::max_pool2d_backward", mutates_args=())
-def max_pool2d_backward(
+def _max_pool2d_backward_impl(
     grad_y: Tensor,
     argmax: Tensor,
     input_shape: Ints,
@@ -271,6 +293,11 @@ def max_pool2d_backward(
     return kernels.max_pool2d_bwd(grad_y, argmax, *layout, *geometry)
 
 
+max_pool2d_backward = custom_op(
+    "fastconv::max_pool2d_backward", _max_pool2d_backward_impl, mutates_args=()
+)
+
+
 @max_pool2d_backward.register_fake
 def _(grad_y, argmax, input_shape, channels_last, kernel_size, stride, padding, dilation):
     return _empty(input_shape, grad_y, _format(channels_last))
@@ -280,22 +307,19 @@ def _max_pool2d_setup_context(ctx, inputs, output) -> None:
     x, kernel_size, stride, padding, dilation, _, _ = inputs
     _, argmax = output
     ctx.mark_non_differentiable(argmax)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for argmax: it has none
     ctx.save_for_backward(argmax)
     ctx.input_layout = (x.shape, memory_format_of(x) == torch.channels_last)
     ctx.pool_args = (kernel_size, stride, padding, dilation)
 
 
-def _max_pool2d_backward(ctx, grad_y, _grad_argmax):
+def _max_pool2d_backward(ctx, grad_y, _grad_argmax, backward_ops: BackwardOps):
     (argmax,) = ctx.saved_tensors
-    grad_x = max_pool2d_backward(grad_y, argmax, *ctx.input_layout, *ctx.pool_args)
+    grad_x = backward_ops.max_pool2d_backward(grad_y, argmax, *ctx.input_layout, *ctx.pool_args)
     return grad_x, *([None] * 6)
 
 
-max_pool2d.register_autograd(_max_pool2d_backward, setup_context=_max_pool2d_setup_context)
-
-
-@custom_op("fastconv::avg_pool2d", mutates_args=())
-def avg_pool2d(
+def _avg_pool2d_impl(
     x: Tensor,
     kernel_size: Ints,
     stride: Ints,
@@ -311,13 +335,15 @@ def avg_pool2d(
     return kernels.avg_pool2d_fwd(x, *geometry, count_include_pad, divisor_override)
 
 
+avg_pool2d = custom_op("fastconv::avg_pool2d", _avg_pool2d_impl, mutates_args=())
+
+
 @avg_pool2d.register_fake
 def _(x, kernel_size, stride, padding, output_size, count_include_pad, divisor_override):
     return _empty((*x.shape[:2], *output_size), x, memory_format_of(x))
 
 
-@custom_op("fastconv::avg_pool2d_backward", mutates_args=())
-def avg_pool2d_backward(
+def _avg_pool2d_backward_impl(
     grad_y: Tensor,
     input_shape: Ints,
     channels_last: bool,
@@ -335,6 +361,11 @@ def avg_pool2d_backward(
     return kernels.avg_pool2d_bwd(grad_y, *layout, *geometry, count_include_pad, divisor_override)
 
 
+avg_pool2d_backward = custom_op(
+    "fastconv::avg_pool2d_backward", _avg_pool2d_backward_impl, mutates_args=()
+)
+
+
 @avg_pool2d_backward.register_fake
 def _(grad_y, input_shape, channels_last, kernel_size, stride, padding, count_include_pad,
       divisor_override):  # fmt: skip
@@ -347,19 +378,22 @@ def _avg_pool2d_setup_context(ctx, inputs, output) -> None:
     ctx.pool_args = (kernel_size, stride, padding, count_include_pad, divisor_override)
 
 
-def _avg_pool2d_backward(ctx, grad_y):
-    return avg_pool2d_backward(grad_y, *ctx.input_layout, *ctx.pool_args), *([None] * 6)
+def _avg_pool2d_backward(ctx, grad_y, backward_ops: BackwardOps):
+    return backward_ops.avg_pool2d_backward(grad_y, *ctx.input_layout, *ctx.pool_args), *(
+        [None] * 6
+    )
 
 
-avg_pool2d.register_autograd(_avg_pool2d_backward, setup_context=_avg_pool2d_setup_context)
-
-
-@custom_op("fastconv::adaptive_avg_pool2d", mutates_args=())
-def adaptive_avg_pool2d(x: Tensor, output_size: Ints) -> Tensor:
+def _adaptive_avg_pool2d_impl(x: Tensor, output_size: Ints) -> Tensor:
     """y (N, C, P, Q) in x's memory format."""
     from fastconv.kernels import pool2d as kernels
 
     return kernels.adaptive_avg_pool2d_fwd(x, tuple(output_size))
+
+
+adaptive_avg_pool2d = custom_op(
+    "fastconv::adaptive_avg_pool2d", _adaptive_avg_pool2d_impl, mutates_args=()
+)
 
 
 @adaptive_avg_pool2d.register_fake
@@ -367,12 +401,18 @@ def _(x, output_size):
     return _empty((*x.shape[:2], *output_size), x, memory_format_of(x))
 
 
-@custom_op("fastconv::adaptive_avg_pool2d_backward", mutates_args=())
-def adaptive_avg_pool2d_backward(grad_y: Tensor, input_shape: Ints, channels_last: bool) -> Tensor:
+def _adaptive_avg_pool2d_backward_impl(
+    grad_y: Tensor, input_shape: Ints, channels_last: bool
+) -> Tensor:
     """grad_x (N, C, H, W), channels-last or contiguous."""
     from fastconv.kernels import pool2d as kernels
 
     return kernels.adaptive_avg_pool2d_bwd(grad_y, torch.Size(input_shape), _format(channels_last))
+
+
+adaptive_avg_pool2d_backward = custom_op(
+    "fastconv::adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_backward_impl, mutates_args=()
+)
 
 
 @adaptive_avg_pool2d_backward.register_fake
@@ -385,13 +425,8 @@ def _adaptive_setup_context(ctx, inputs, output) -> None:
     ctx.input_layout = (x.shape, memory_format_of(x) == torch.channels_last)
 
 
-def _adaptive_avg_pool2d_backward(ctx, grad_y):
-    return adaptive_avg_pool2d_backward(grad_y, *ctx.input_layout), None
-
-
-adaptive_avg_pool2d.register_autograd(
-    _adaptive_avg_pool2d_backward, setup_context=_adaptive_setup_context
-)
+def _adaptive_avg_pool2d_backward(ctx, grad_y, backward_ops: BackwardOps):
+    return backward_ops.adaptive_avg_pool2d_backward(grad_y, *ctx.input_layout), None
 
 
 # --------------------------------------------------------------------------- padding
@@ -403,8 +438,7 @@ def _padded_shape(shape: Ints, padding: Ints) -> tuple[int, int, int, int]:
     return n, c, h + top + bottom, w + left + right
 
 
-@custom_op("fastconv::pad2d", mutates_args=())
-def pad2d(x: Tensor, padding: Ints, mode: str) -> Tensor:
+def _pad2d_impl(x: Tensor, padding: Ints, mode: str) -> Tensor:
     """``F.pad(x, padding, mode)`` for x (N, C, H, W) on the Triton kernel: channels-last.
 
     An op (``torch.ops.fastconv.pad2d``) with a fake implementation and an autograd formula,
@@ -415,19 +449,24 @@ def pad2d(x: Tensor, padding: Ints, mode: str) -> Tensor:
     return pad2d_fwd(x, tuple(padding), mode)
 
 
+pad2d = custom_op("fastconv::pad2d", _pad2d_impl, mutates_args=())
+
+
 @pad2d.register_fake
 def _(x, padding, mode):
     return _empty(_padded_shape(x.shape, padding), x, torch.channels_last)
 
 
-@custom_op("fastconv::pad2d_backward", mutates_args=())
-def pad2d_backward(
+def _pad2d_backward_impl(
     grad_y: Tensor, input_shape: Ints, padding: Ints, mode: str, channels_last: bool
 ) -> Tensor:
     """grad_x (N, C, H, W), channels-last or contiguous, from the padded tensor's gradient."""
     from fastconv.kernels.pad2d import pad2d_bwd
 
     return pad2d_bwd(grad_y, tuple(input_shape), tuple(padding), mode, _format(channels_last))
+
+
+pad2d_backward = custom_op("fastconv::pad2d_backward", _pad2d_backward_impl, mutates_args=())
 
 
 @pad2d_backward.register_fake
@@ -441,10 +480,111 @@ def _pad2d_setup_context(ctx, inputs, output) -> None:
     ctx.pad_args = (padding, mode)
 
 
-def _pad2d_backward(ctx, grad_y):
+def _pad2d_backward(ctx, grad_y, backward_ops: BackwardOps):
     input_shape, channels_last = ctx.input_layout
     padding, mode = ctx.pad_args
-    return pad2d_backward(grad_y, input_shape, padding, mode, channels_last), None, None
+    return (
+        backward_ops.pad2d_backward(grad_y, input_shape, padding, mode, channels_last),
+        None,
+        None,
+    )
 
 
-pad2d.register_autograd(_pad2d_backward, setup_context=_pad2d_setup_context)
+# --------------------------------------------------------------------------- autograd, eager
+
+
+class BackwardOps(NamedTuple):
+    """The backward ops a forward's gradient formula calls: the registered ops when the
+    formula runs inside a traced graph, their implementations when it runs eagerly."""
+
+    activation_backward: Callable
+    conv2d_input_grad: Callable
+    conv2d_weight_grad: Callable
+    max_pool2d_backward: Callable
+    avg_pool2d_backward: Callable
+    adaptive_avg_pool2d_backward: Callable
+    pad2d_backward: Callable
+
+
+TRACED = BackwardOps(
+    activation_backward, conv2d_input_grad, conv2d_weight_grad, max_pool2d_backward,
+    avg_pool2d_backward, adaptive_avg_pool2d_backward, pad2d_backward,
+)  # fmt: skip
+EAGER = BackwardOps(
+    _activation_backward_impl, _conv2d_input_grad_impl, _conv2d_weight_grad_impl,
+    _max_pool2d_backward_impl, _avg_pool2d_backward_impl, _adaptive_avg_pool2d_backward_impl,
+    _pad2d_backward_impl,
+)  # fmt: skip
+
+# forward op -> (its implementation, autograd setup_context, gradient formula)
+_FORWARDS = {
+    conv2d: (_conv2d_impl, _conv2d_setup_context, _conv2d_backward),
+    max_pool2d: (_max_pool2d_impl, _max_pool2d_setup_context, _max_pool2d_backward),
+    avg_pool2d: (_avg_pool2d_impl, _avg_pool2d_setup_context, _avg_pool2d_backward),
+    adaptive_avg_pool2d: (
+        _adaptive_avg_pool2d_impl, _adaptive_setup_context, _adaptive_avg_pool2d_backward,
+    ),
+    pad2d: (_pad2d_impl, _pad2d_setup_context, _pad2d_backward),
+}  # fmt: skip
+
+
+def _eager_function(op, impl, setup_context, backward) -> type[torch.autograd.Function]:
+    """An autograd.Function running ``op``'s implementation and gradient formula directly.
+
+    Its forward takes ``ctx`` and calls ``setup_context`` itself: a Function that defines
+    ``setup_context`` has ``apply`` bind its arguments with ``inspect.signature`` at every call.
+    """
+
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    return type(
+        f"{op._name}_function",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(forward),
+            "backward": staticmethod(
+                once_differentiable(functools.partial(backward, backward_ops=EAGER))
+            ),
+        },
+    )
+
+
+_EAGER_FUNCTIONS = {}
+for _op, (_impl, _setup_context, _backward) in _FORWARDS.items():
+    _op.register_autograd(
+        functools.partial(_backward, backward_ops=TRACED), setup_context=_setup_context
+    )
+    _EAGER_FUNCTIONS[_op] = _eager_function(_op, _impl, _setup_context, _backward)
+
+
+def _traced(args: tuple) -> bool:
+    """Whether a graph is being traced around this call: torch.compile / torch.export's
+    dynamo, or a dispatch mode (fake tensors, make_fx, functionalization), or tensor
+    subclasses among the arguments. Such tracers must see the registered op as one node."""
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or any(type(a) not in _PLAIN_TENSORS for a in args if isinstance(a, Tensor))
+    )
+
+
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+
+
+def call(op, *args):
+    """Run the forward op ``op`` (one of this module's: conv2d, the poolings, pad2d) on
+    ``args``, the op's own arguments.
+
+    While a graph is traced (:func:`_traced`) this is ``op(*args)``, the registered op with
+    its autograd formula; eagerly it runs the same implementation and formula without the
+    custom-op dispatch, which costs several times an autograd.Function per call: through an
+    autograd.Function when a gradient is needed, else by a direct call.
+    """
+    if _traced(args):
+        return op(*args)
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return _EAGER_FUNCTIONS[op].apply(*args)
+    return _FORWARDS[op][0](*args)

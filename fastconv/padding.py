@@ -83,5 +83,5 @@ def pad2d(input: Tensor, padding: Sequence[int], mode: str = "reflect") -> Tenso
         )
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    y = ops.pad2d(x, pads, mode)
+    y = ops.call(ops.pad2d, x, pads, mode)
     return y.squeeze(0) if unbatched else y

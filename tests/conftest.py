@@ -17,7 +17,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
@@ -118,51 +117,6 @@ def profile_ops() -> Iterator[ProfiledOps]:
 def record_aten_ops() -> contextlib.AbstractContextManager[ProfiledOps]:
     """``with record_aten_ops() as rec: ...`` then ``assert not rec.forbidden()``."""
     return profile_ops
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelLaunch:
-    """One Triton kernel launch: the kernel's function name, its keyword arguments (the
-    constexpr meta-parameters: ``INDEX_64``, ``BLOCK_M``, ...) and its grid."""
-
-    name: str
-    meta: dict
-    grid: object
-
-
-@contextlib.contextmanager
-def record_kernel_launches() -> Iterator[list[KernelLaunch]]:
-    """Record every Triton kernel launched inside (through an autotuner or directly), in
-    order; the kernels still run. Which kernel ran, and with which constexprs, is how a test
-    proves which side of a dispatch decision it took."""
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    launches: list[KernelLaunch] = []
-    saved = {cls: cls.run for cls in (InterpretedFunction, JITFunction)}
-
-    def recording(original):
-        def run(self, *args, grid, warmup, **kwargs):
-            if not warmup:
-                launches.append(KernelLaunch(self.fn.__name__, dict(kwargs), grid))
-            return original(self, *args, grid=grid, warmup=warmup, **kwargs)
-
-        return run
-
-    for cls, original in saved.items():
-        cls.run = recording(original)
-    try:
-        yield launches
-    finally:
-        for cls, original in saved.items():
-            cls.run = original
-
-
-@pytest.fixture
-def kernel_launches() -> Iterator[list[KernelLaunch]]:
-    """The Triton kernels launched during the test (see :func:`record_kernel_launches`)."""
-    with record_kernel_launches() as launches:
-        yield launches
 
 
 def assert_model_matches_float64(model, reference, x, y, grad_out, reference_name=None) -> None:

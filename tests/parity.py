@@ -13,11 +13,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from conftest import KernelLaunch, profile_ops, record_kernel_launches
+from conftest import profile_ops
 
 from fastconv import backend
 from fastconv import functional as fcf
 from fastconv.activations import reference_activation
+from fastconv.profiling import KernelLaunch, record_launches
 
 # (atol per sqrt(reduction length), rtol): fp32 IEEE and fp16 with an fp32 accumulator, the
 # tolerances of tests/test_conv2d.py (the interpreter's bf16 dot is wrong: no bf16 here).
@@ -27,7 +28,7 @@ TOLERANCES = {torch.float32: (2e-5, 1e-4), torch.float16: (2e-5, 1e-3)}
 def _run(fn, inputs: dict) -> tuple[torch.Tensor, list[KernelLaunch], torch.Tensor]:
     """``fn(**inputs)`` on the Triton backend and its gradients into each leaf's ``.grad``;
     returns (output, kernel launches, the output gradient used)."""
-    with backend.use_backend("triton"), record_kernel_launches() as launches, profile_ops() as ops:
+    with backend.use_backend("triton"), record_launches() as launches, profile_ops() as ops:
         y = fn(**inputs)
         grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
         leaves = [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad]

@@ -22,7 +22,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, record_kernel_launches
+from conftest import DEVICE
 from parity import conv_parity, kernel_names, pool_parity
 from test_launch_limits import (
     META,
@@ -39,6 +39,7 @@ from fastconv.backend import use_backend
 from fastconv.kernels import pad2d as pad_kernels
 from fastconv.kernels import pool2d as pool_kernels
 from fastconv.kernels.layout import element_span
+from fastconv.profiling import record_launches
 
 CONTIGUOUS, CHANNELS_LAST = torch.contiguous_format, torch.channels_last
 
@@ -324,7 +325,7 @@ def test_pad_configs_kept_on_each_side_of_the_prune_match_torch(channels):
     pruned = pad_kernels._prune(pad_kernels.pad2d_configs(interpreter=False), {"C": channels})
     torch.manual_seed(0)
     for config in pruned:
-        with record_kernel_launches() as launches:
+        with record_launches() as launches:
             check_pad("reflect", (1, channels, 2, 3), (1, 1, 1, 0), CHANNELS_LAST, CONTIGUOUS,
                       torch.float32, 1e-6, 1e-6, config)  # fmt: skip
         assert [launch.meta["BLOCK_C"] for launch in launches] == [config.kwargs["BLOCK_C"]] * 2
@@ -366,7 +367,7 @@ def test_pad_vector_widths(shape, memory_format, expected):
     """pad2d._vec/_row_vec: VEC_C and the row VECs 8/4/16, capped at 16, 16 when every
     row stride is 0, 1 for an odd NCHW W; channels-contiguous vs W-contiguous reads."""
     torch.manual_seed(0)
-    with record_kernel_launches() as launches:
+    with record_launches() as launches:
         check_pad("replicate", shape, (1, 1, 1, 0), memory_format, memory_format,
                   torch.float32, 1e-6, 1e-6, PAD_TILE)  # fmt: skip
     assert _pad_meta(launches) == expected
@@ -401,7 +402,7 @@ def test_pad_in_image_fast_path(column_maps, width, padding, fast_blocks_per_row
     ending on W (or starting at 0) copies as is, one past W or in the padding maps columns."""
     torch.manual_seed(0)
     shape = (1, 2, 2, width)
-    with record_kernel_launches() as launches:
+    with record_launches() as launches:
         check_pad("reflect", shape, padding, CONTIGUOUS, CONTIGUOUS, torch.float32, 1e-6, 1e-6,
                   PAD_TILE)  # fmt: skip
     forward = launches[0]
@@ -431,7 +432,7 @@ def test_pad_backward_border_blocks(mode, width, padding):
     W - 1 - right``, replicate ``first + BLOCK_W >= W``: a border's nearest mirrored column
     on either side of an 8-column block edge reaches the gradient."""
     torch.manual_seed(0)
-    with record_kernel_launches() as launches:
+    with record_launches() as launches:
         check_pad(mode, (1, 2, 2, width), padding, CONTIGUOUS, CONTIGUOUS, torch.float32,
                   1e-6, 1e-6, PAD_TILE)  # fmt: skip
     assert launches[1].name == "_pad2d_bwd_kernel" and launches[1].meta["BLOCK_W"] == 8
@@ -461,7 +462,7 @@ def test_pad_int64_path_matches_torch(monkeypatch, memory_format):
     """The INDEX_64 side of pad2d, forced on a small shape, against float64 torch."""
     monkeypatch.setattr(pad_kernels, "needs_int64", lambda *args: True)
     torch.manual_seed(0)
-    with record_kernel_launches() as launches:
+    with record_launches() as launches:
         check_pad("circular", (2, 3, 5, 9), (2, 1, 3, 2), memory_format, memory_format,
                   torch.float32, 1e-6, 1e-6, PAD_TILE)  # fmt: skip
     assert [launch.meta["INDEX_64"] for launch in launches] == [True, True]

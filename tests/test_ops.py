@@ -266,3 +266,71 @@ def test_export_converted_resnet18(triton_backend):
     assert targets.count("fastconv.max_pool2d.default") == 1
     assert targets.count("fastconv.adaptive_avg_pool2d.default") == 1
     assert _aten_conv_or_pool(targets) == []
+
+
+# --------------------------------------------------------------------------- eager path
+
+
+def _every_forward(inputs):
+    """One call of each public op with a backward op, on ``inputs`` (x, w, b), summed."""
+    from fastconv import functional as fcf
+    from fastconv.padding import pad2d
+
+    x, w, b = inputs
+    y = fcf.fused_conv2d(x, w, b, padding=1, activation="gelu")  # gelu: the preact is saved
+    return (
+        y.sum()
+        + fcf.max_pool2d(y, 2).sum()
+        + fcf.avg_pool2d(y, 2).sum()
+        + fcf.adaptive_avg_pool2d(y, 1).sum()
+        + pad2d(y, (1, 1, 1, 1), "reflect").sum()
+    )
+
+
+def test_eager_calls_skip_the_custom_op_dispatch(triton_backend, monkeypatch):
+    """In eager mode the ops run through autograd Functions, never the registered
+    ``fastconv::`` ops (whose dispatch costs several times as much per call); the same
+    kernels run, so outputs and gradients match the registered ops' exactly."""
+    inputs = [_t(2, 8, 6, 6), _t(4, 8, 3, 3), _t(4)]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        eager = _every_forward(inputs)
+        eager_grads = torch.autograd.grad(eager, inputs)
+    registered = {e.name for e in profile.events() if e.name.startswith("fastconv::")}
+    assert not registered, registered
+
+    monkeypatch.setattr(ops, "_traced", lambda args: True)  # as under torch.compile
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        traced = _every_forward(inputs)
+        traced_grads = torch.autograd.grad(traced, inputs)
+    registered = {e.name for e in profile.events() if e.name.startswith("fastconv::")}
+    assert {"fastconv::conv2d", "fastconv::conv2d_weight_grad", "fastconv::pad2d"} <= registered
+    torch.testing.assert_close(eager, traced, rtol=0, atol=0)
+    for eager_grad, traced_grad in zip(eager_grads, traced_grads, strict=True):
+        torch.testing.assert_close(eager_grad, traced_grad, rtol=0, atol=0)
+
+
+def test_fake_tensors_go_through_the_registered_ops(triton_backend):
+    """A tracer's fake tensors reach the registered op (its fake implementation gives the
+    shape), not the kernels."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastconv import functional as fcf
+
+    with FakeTensorMode():
+        x, w = torch.empty(2, 8, 6, 6), torch.empty(4, 8, 3, 3, requires_grad=True)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+            y = fcf.fused_conv2d(x, w, padding=1)
+    assert y.shape == (2, 4, 6, 6)
+    assert "fastconv::conv2d" in {e.name for e in p.events()}
+
+
+def test_eager_backward_cannot_be_differentiated_twice(triton_backend):
+    """The kernels' backward is not itself differentiable: the gradient it returns carries
+    no graph, so a second derivative raises instead of silently returning a wrong one."""
+    from fastconv import functional as fcf
+
+    x, w = _t(1, 8, 5, 5), _t(4, 8, 3, 3)
+    (grad_x,) = torch.autograd.grad(fcf.conv2d(x, w).sum(), x, create_graph=True)
+    assert grad_x.grad_fn is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        grad_x.sum().backward()

@@ -6,20 +6,29 @@ compile), ``--channels-last`` (inputs in channels_last instead of NCHW) and
 info records the GPU, torch, triton, CUDA and cuDNN versions, the git commit and these
 settings.
 
-This file deliberately shares nothing with ``tests/conftest.py``: the benchmarks time
-compiled kernels, never Triton's interpreter, and GPU cases are skipped (with their reason)
-where there is no CUDA GPU or the interpreter is on. CPU cases force the torch backend.
+This file deliberately shares nothing with ``tests/conftest.py``: the GPU cases time
+compiled kernels, never Triton's interpreter, and are skipped (with their reason) where there
+is no CUDA GPU or the interpreter is on. CPU cases force the torch backend, except the host
+path cases (``test_bench_host.py``), which run fastconv's Python with the launches stubbed:
+on a machine without CUDA this file turns the interpreter on before anything imports triton,
+as the tests do, so that the Triton backend accepts CPU tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 
-import pytest
 import torch
 
-from benchmarks import environment
-from benchmarks.providers import EAGER, provider_names
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from collections.abc import Callable  # noqa: E402
+
+import pytest  # noqa: E402
+
+from benchmarks import environment  # noqa: E402
+from benchmarks.providers import EAGER, provider_names  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

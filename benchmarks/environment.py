@@ -17,10 +17,10 @@ DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp
 
 def gpu_skip_reason() -> str | None:
     """Why GPU cases cannot run here, or None when they can."""
-    if TRITON_INTERPRETER:
-        return "TRITON_INTERPRET=1 is set: benchmarks time compiled kernels, not the interpreter"
     if not torch.cuda.is_available():
         return "needs a CUDA GPU (none found)"
+    if TRITON_INTERPRETER:
+        return "TRITON_INTERPRET=1 is set: benchmarks time compiled kernels, not the interpreter"
     return None
 
 

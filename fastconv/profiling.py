@@ -78,7 +78,7 @@ _NOT_DEVICE_WORK = frozenset(
         "reshape", "_reshape_alias", "squeeze", "unsqueeze", "select", "slice", "narrow",
         "unflatten", "flatten", "split", "chunk", "unbind", "detach", "detach_", "lift_fresh",
         "resolve_conj", "resolve_neg", "contiguous", "to", "result_type", "size", "stride",
-        "is_same_size", "set_", "_has_compatible_shallow_copy_type", "zeros_like",
+        "is_same_size", "set_", "_has_compatible_shallow_copy_type", "promote_types",
     }
 )  # fmt: skip
 

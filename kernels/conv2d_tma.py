@@ -13,9 +13,15 @@ loads
   t*tap_step_h, j0 + w0 + u*tap_step_w, c0). TMA zero-fills every element outside the tensor
   (negative coordinates included), so the padding costs no compare, no mask and no per-row
   address;
-* the weight: the box ``[BLOCK_N, BLOCK_K]`` of a zero-padded 2-D copy (COUT, R*S*CPAD) at
-  (n0, tap*CPAD + c0), CPAD = CIN rounded up to a multiple of every BLOCK_K used (a few KB,
-  made per call); rows past COUT are zero-filled.
+* the weight: a box of the channels-last weight itself, read as the 2-D (K, R*S*C) matrix
+  it is in memory: ``[BLOCK_N, BLOCK_K]`` at (n0, tap*C + c0) for the forward, and for the
+  input gradient ``[BLOCK_K, BLOCK_N]`` at (k0, tap*C + c0), transposed in shared memory. A
+  chunk may run past its tap's C channels into the next tap's: those columns meet pixel
+  channels that TMA zero-fills (forward) or land in output channels past C that are never
+  stored (input gradient), so they add nothing, and past the last tap TMA zero-fills. No
+  padded copy is made (an NCHW weight is copied to channels-last per call, like an NCHW
+  input); a 3-D (K, R*S, C) box would zero the chunk's tail itself, but its reshape to 2-D
+  sends wgmma's A operand through registers (one wgmma wait per instruction).
 
 The product is computed transposed, ``acc^T (BLOCK_N x BLOCK_M) += w (BLOCK_N x BLOCK_K) @
 pixels^T``: wgmma reads its A operand from shared memory only when it comes straight from a
@@ -41,7 +47,6 @@ from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from fastconv.backend import TRITON_INTERPRETER
-from fastconv.kernels import alloc
 from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue, tile_fits_epilogue
 from fastconv.kernels.launch import checked_grid, dot_kind, input_precision, needs_int64
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
@@ -87,9 +92,10 @@ _INTERPRETER_TILE = (4, 8, 16, 16, 1, 1)
 
 def _set_block_shapes(nargs: dict) -> None:
     """Autotune pre_hook: the descriptors' boxes follow the config's tile."""
-    block_k = nargs["BLOCK_K"]
+    block_k, block_n = nargs["BLOCK_K"], nargs["BLOCK_N"]
     nargs["a_desc"].block_shape = [1, nargs["BP"], nargs["BQ"], block_k]
-    nargs["b_desc"].block_shape = [nargs["BLOCK_N"], block_k]
+    transposed = nargs["WEIGHT_TRANSPOSED"]
+    nargs["b_desc"].block_shape = [block_k, block_n] if transposed else [block_n, block_k]
 
 
 def _tma_config(bp, bq, block_n, block_k, stages, warps) -> triton.Config:
@@ -117,7 +123,7 @@ def _fit_block_k(config: triton.Config, cpad: int) -> triton.Config:
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Drop tiles much wider than the output channels, boxes mostly outside the image and
     the largest tiles where the epilogue holds a second tile (``tile_fits_epilogue``);
-    shrink BLOCK_K to CPAD for few input channels (a chunk must not cross a tap)."""
+    shrink BLOCK_K to CPAD for few input channels (its columns past CIN would be zeros)."""
     cout, rows_h, rows_w = named_args["COUT"], named_args["ROWS_H"], named_args["ROWS_W"]
 
     def useful(c: triton.Config) -> bool:
@@ -130,7 +136,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
         )
 
     kept = [c for c in configs if useful(c)] or configs
-    return [_fit_block_k(c, named_args["CPAD"]) for c in kept]
+    return [_fit_block_k(c, _channel_pad(named_args["CIN"])) for c in kept]
 
 
 # --------------------------------------------------------------------------- kernel
@@ -140,7 +146,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
 def _tma_implicit_gemm_kernel(
     # descriptors and pointers
     a_desc,  # (N, A_H, A_W, CIN), box [1, BP, BQ, BLOCK_K]
-    b_desc,  # (COUT, R*S*CPAD) zero-padded weight, box [BLOCK_N, BLOCK_K]
+    b_desc,  # the weight (K, R*S*C): box [BLOCK_N, BLOCK_K] (transposed: [BLOCK_K, BLOCK_N])
     bias_ptr,
     out_ptr,
     taps_ptr,
@@ -152,7 +158,7 @@ def _tma_implicit_gemm_kernel(
     ROWS_H,
     ROWS_W,
     CIN,
-    CPAD,
+    TAP_COLUMNS,
     S,
     COUT,
     OUT_H,
@@ -176,6 +182,7 @@ def _tma_implicit_gemm_kernel(
     SAVE_PREACT: tl.constexpr,
     ACTIVATION: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    WEIGHT_TRANSPOSED: tl.constexpr,
     BP: tl.constexpr,
     BQ: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -186,10 +193,12 @@ def _tma_implicit_gemm_kernel(
     row step 1 and a program's rows a BP x BQ box (i0.., j0..) of image n.
 
     Tap (t, u) reads the pixel box at (n, i0 + h0 + t*tap_step_h, j0 + w0 + u*tap_step_w,
-    c0) and the weight box at (n0, (r*S + s)*CPAD + c0) with (r, s) = (r0 + t*weight_step_r,
-    s0 + u*weight_step_s); TMA zero-fills what lies outside either tensor. The accumulator
-    is the transposed tile (BLOCK_N x BLOCK_M), so the reshaped pixel box is wgmma's B
-    operand, read from shared memory. Row (i, j) of the box goes to
+    c0) and the weight box at (n0, (r*S + s)*TAP_COLUMNS + c0), or at (c0, (r*S + s)*
+    TAP_COLUMNS + n0) transposed when ``WEIGHT_TRANSPOSED`` (the input gradient: b is then
+    the weight's transpose), TAP_COLUMNS being the weight's C, with (r, s) = (r0 +
+    t*weight_step_r, s0 + u*weight_step_s); TMA zero-fills what lies outside either tensor.
+    The accumulator is the transposed tile (BLOCK_N x BLOCK_M), so the reshaped pixel box is
+    wgmma's B operand, read from shared memory. Row (i, j) of the box goes to
     out[n, out_h0 + i*out_step_h, out_w0 + j*out_step_w, :] where that is inside. Grid: one
     axis, N * cdiv(ROWS_H, BP) * cdiv(ROWS_W, BQ) * PHASES * cdiv(COUT, BLOCK_N) programs,
     channel tiles fastest, then phases, box columns, box rows, images.
@@ -223,13 +232,16 @@ def _tma_implicit_gemm_kernel(
     # Box corner and weight column of the current step, carried by adds: no division.
     a_h = i0 + h0
     a_w = j0 + w0
-    w_row = (r0 * S + s0) * CPAD  # weight column of tap (t, 0)
+    w_row = (r0 * S + s0) * TAP_COLUMNS  # weight column of tap (t, 0)
     w_col = w_row  # of tap (t, u)
     c0 = 0
     u = 0
     for _ in range(count_r * count_s * c_chunks):
         x_tile = a_desc.load([n, a_h, a_w, c0]).reshape(BLOCK_M, BLOCK_K)
-        w_tile = b_desc.load([n0, w_col + c0])
+        if WEIGHT_TRANSPOSED:  # a (k, c) box: b's (c, k) tile transposed
+            w_tile = b_desc.load([c0, w_col + n0]).T
+        else:
+            w_tile = b_desc.load([n0, w_col + c0])
         acc = tl.dot(w_tile, x_tile.T, acc, input_precision=INPUT_PRECISION)
         # Next (t, u, chunk): carries by compare, no division.
         c0 += BLOCK_K
@@ -237,12 +249,12 @@ def _tma_implicit_gemm_kernel(
         c0 = tl.where(next_tap, 0, c0)
         u += next_tap.to(tl.int32)
         a_w += tl.where(next_tap, tap_step_w, 0)
-        w_col += tl.where(next_tap, weight_step_s * CPAD, 0)
+        w_col += tl.where(next_tap, weight_step_s * TAP_COLUMNS, 0)
         next_row = u >= count_s
         u = tl.where(next_row, 0, u)
         a_w = tl.where(next_row, j0 + w0, a_w)
         a_h += tl.where(next_row, tap_step_h, 0)
-        w_row += tl.where(next_row, weight_step_r * S * CPAD, 0)
+        w_row += tl.where(next_row, weight_step_r * S * TAP_COLUMNS, 0)
         w_col = tl.where(next_row, w_row, w_col)
 
     offs_m = tl.arange(0, BLOCK_M)
@@ -306,6 +318,16 @@ def _descriptor_ok(t: Tensor) -> bool:
     return True
 
 
+def _weight_ok(weight: Tensor) -> bool:
+    """Whether ``weight`` (K, C, R, S), read through :func:`_weight_descriptor`, is a valid
+    TMA tensor: C a multiple of 16 bytes, and a 16-byte-aligned base when it is read in
+    place (already channels-last; otherwise a fresh copy is read)."""
+    if weight.shape[1] * weight.element_size() % 16:
+        return False
+    in_place = weight.is_contiguous(memory_format=torch.channels_last)
+    return not in_place or weight.data_ptr() % 16 == 0
+
+
 def tma_applies(
     a: Tensor, weight: Tensor, stride: Pair, padding: Pair, dilation: Pair, transposed: bool
 ) -> bool:
@@ -316,8 +338,9 @@ def tma_applies(
     Needs an sm_90+ CUDA device (or the interpreter, for tests), fp16/bf16 or fp32 with tf32
     allowed, ``a``'s channels a multiple of 16 bytes (8 fp16/bf16 or 4 fp32 channels: the
     TMA stride rule) with a 16-byte-aligned base when ``a`` is already channels-last, and
-    every box coordinate inside int32. The weight is always read through an aligned padded
-    copy, so the other channel count is free.
+    every box coordinate inside int32. The weight is read as the (K, R*S*C) matrix of its
+    channels-last memory, so its C rows must be 16-byte multiples too (the forward's C is
+    ``a``'s; the input gradient's is the other channel count) with an aligned base.
     """
     if a.dtype not in (torch.float16, torch.bfloat16, torch.float32) or weight.dtype != a.dtype:
         return False
@@ -330,7 +353,7 @@ def tma_applies(
     if a.numel() == 0 or weight.numel() == 0:
         return False
     k, c, r, s = weight.shape
-    if not _descriptor_ok(a):
+    if not (_descriptor_ok(a) and _weight_ok(weight)):
         return False
     reach_h = a.shape[2] + padding[0] + dilation[0] * r + (stride[0] + 1) * 256
     reach_w = a.shape[3] + padding[1] + dilation[1] * s + (stride[1] + 1) * 256
@@ -354,30 +377,30 @@ def _descriptor(t: Tensor) -> TensorDescriptor:
 
 
 def _channel_pad(cin: int) -> int:
-    """CPAD: CIN rounded up to 16, 32 or a multiple of 64 (_MAX_BLOCK_K), so every BLOCK_K a
-    config can take (16-64, shrunk to CPAD by the pruner) divides it."""
+    """CPAD: CIN rounded up to 16, 32 or a multiple of 64 (_MAX_BLOCK_K): the pruner shrinks
+    BLOCK_K to it, so that few input channels do not load chunks of mostly zeros."""
     for size in (16, 32):
         if cin <= size:
             return size
     return triton.cdiv(cin, _MAX_BLOCK_K) * _MAX_BLOCK_K
 
 
-def _packed_weight(weight: Tensor, transposed: bool) -> Tensor:
-    """The weight (K, C, R, S) as the zero-padded 2-D (COUT, R*S*CPAD) matrix the kernel
-    reads: rows = output channels of the GEMM (K forward, C dgrad), columns = (r, s, cin)."""
-    w = weight.transpose(0, 1) if transposed else weight  # (COUT, CIN, R, S)
-    cout, cin, r, s = w.shape
-    cpad = _channel_pad(cin)
-    packed = alloc.zeros((cout, r, s, cpad), dtype=w.dtype, device=w.device)
-    packed[..., :cin].copy_(w.permute(0, 2, 3, 1))
-    return packed.view(cout, r * s * cpad)
+def _weight_descriptor(weight: Tensor) -> TensorDescriptor:
+    """The weight (K, C, R, S) as the 2-D (K, R*S*C) descriptor of its channels-last memory
+    (a channels-last copy first when it is not laid out so); the box is set per config by
+    :func:`_set_block_shapes`."""
+    w = weight.contiguous(memory_format=torch.channels_last)
+    k, c, r, s = w.shape
+    return TensorDescriptor(w, [k, r * s * c], [r * s * c, 1], [16, 16])
 
 
-def _launch_tma(a, b, s, bias, out, taps, rows, steps, epilogue, config, what) -> Tensor | None:
-    """Launch the TMA implicit GEMM: ``b`` the packed weight (:func:`_packed_weight`), ``s``
-    the kernel width, ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (tap, weight, out) steps,
-    each an (h, w) pair (the row step is 1). Returns the pre-activation buffer when
-    ``epilogue.save_preact``, else None."""
+def _launch_tma(
+    a, weight, transposed, bias, out, taps, rows, steps, epilogue, config, what
+) -> Tensor | None:
+    """Launch the TMA implicit GEMM on ``weight`` (K, C, R, S), read transposed for the input
+    gradient (``transposed``); ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (tap, weight,
+    out) steps, each an (h, w) pair (the row step is 1). Returns the pre-activation buffer
+    when ``epilogue.save_preact``, else None."""
     n, rows_h, rows_w = rows
     tap_step, weight_step, out_step = steps
     phases = taps.shape[0]
@@ -387,25 +410,24 @@ def _launch_tma(a, b, s, bias, out, taps, rows, steps, epilogue, config, what) -
         boxes = triton.cdiv(rows_h, meta["BP"]) * triton.cdiv(rows_w, meta["BQ"])
         return checked_grid((n * boxes * phases * triton.cdiv(cout, meta["BLOCK_N"]),), what)
 
-    a_desc = _descriptor(a)
-    cpad = _channel_pad(a.shape[1])
-    b_desc = TensorDescriptor(b, [b.shape[0], b.shape[1]], [b.shape[1], 1], [16, 16])
+    a_desc, b_desc = _descriptor(a), _weight_descriptor(weight)
     scale, residual, preact = epilogue.operands(out)
     args = (
         a_desc, b_desc, bias if bias is not None else out, out, taps,
         scale, residual, out if preact is None else preact, epilogue.negative_slope,
-        rows_h, rows_w, a.shape[1], cpad, s, cout, out.shape[2], out.shape[3], phases,
+        rows_h, rows_w, a.shape[1], weight.shape[1], weight.shape[3], cout, out.shape[2],
+        out.shape[3], phases,
         *tap_step, *weight_step, *out_step, *nhwc_strides(out),
     )  # fmt: skip
     meta = dict(
         HAS_BIAS=bias is not None, **epilogue.meta(), INPUT_PRECISION=input_precision(a.dtype),
-        INDEX_64=needs_int64(n * rows_h * rows_w, out),
+        WEIGHT_TRANSPOSED=transposed, INDEX_64=needs_int64(n * rows_h * rows_w, out),
     )  # fmt: skip
     if config is None:
         _TUNED[dot_kind(a.dtype)][grid](*args, **meta)
         return preact
-    config = _fit_block_k(config, cpad)
-    _set_block_shapes({"a_desc": a_desc, "b_desc": b_desc, **config.kwargs})
+    config = _fit_block_k(config, _channel_pad(a.shape[1]))
+    _set_block_shapes({"a_desc": a_desc, "b_desc": b_desc, **meta, **config.kwargs})
     _tma_implicit_gemm_kernel[grid](
         *args, **meta, **config.kwargs,
         num_warps=config.num_warps, num_stages=config.num_stages,
@@ -437,7 +459,7 @@ def conv2d_fwd_tma(
     taps = forward_taps((r, s), padding, x)
     steps = (dilation, (1, 1), (1, 1))
     preact = _launch_tma(
-        nhwc(x), _packed_weight(weight, False), s, bias, y_nhwc, taps, (n, p, q), steps,
+        nhwc(x), weight, False, bias, y_nhwc, taps, (n, p, q), steps,
         epilogue, config,
         "conv2d forward (TMA)",
     )  # fmt: skip
@@ -469,7 +491,7 @@ def conv2d_bwd_input_tma(
     steps = (tap_step, weight_step, stride)
     rows = (n, *rows_hw)
     _launch_tma(
-        nhwc(grad_y), _packed_weight(weight, True), s, None, grad_x_nhwc, taps, rows, steps,
+        nhwc(grad_y), weight, True, None, grad_x_nhwc, taps, rows, steps,
         IDENTITY, config,
         "conv2d input gradient (TMA)",
     )  # fmt: skip

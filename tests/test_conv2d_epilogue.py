@@ -284,7 +284,7 @@ def test_large_tiles_are_pruned_for_a_residual_or_stored_preactivation():
     gemm = ck.conv_configs("fp16", interpreter=False)
     tma = tma_configs("fp16", interpreter=False)
     gemm_args = {"COUT": 256}
-    tma_args = {"COUT": 256, "ROWS_H": 56, "ROWS_W": 56, "CPAD": 64}
+    tma_args = {"COUT": 256, "ROWS_H": 56, "ROWS_W": 56, "CIN": 64}
     assert ck._prune_configs(gemm, gemm_args, HAS_RESIDUAL=False, SAVE_PREACT=False) == gemm
     for flag in ("HAS_RESIDUAL", "SAVE_PREACT"):
         kept = ck._prune_configs(gemm, gemm_args, **{flag: True})

@@ -150,7 +150,8 @@ def test_dgrad_matches_float64(device, r, s, stride, padding, dilation, channels
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_dgrad_fp16(device, channels_last):
-    _check_dgrad(device, 2, 6, 9, 10, 16, 3, 3, (2, 2), (1, 1), (1, 1), torch.float16,
+    # C = 8: the weight's channel rows are 16 bytes, as TMA reads them (C = 6 takes the GEMM)
+    _check_dgrad(device, 2, 8, 9, 10, 16, 3, 3, (2, 2), (1, 1), (1, 1), torch.float16,
                  channels_last)  # fmt: skip
 
 
@@ -164,11 +165,13 @@ def test_dgrad_phase_without_taps_stores_zeros(device):
 
 @pytest.mark.parametrize("kind, dtype", [("fp16", torch.float16), ("tf32", torch.float32)])
 def test_every_gpu_config(device, kind, dtype):
-    """Each config of the GPU list once on a small shape: 70 channels (two chunks and a
-    partial channel tile), 9 x 18 pixels (partial 8/16-boxes)."""
+    """Each config of the GPU list once on a small shape: 72 reduction channels (two chunks,
+    the second partial), 70 or 72 output channels (a partial channel tile), 9 x 18 pixels
+    (partial 8/16-boxes). The input gradient's output channels are the weight's channel rows,
+    which TMA reads: 16-byte multiples (72, not 70)."""
     for config in tma_configs(kind, interpreter=False):
         _check_fwd(device, 1, 72, 9, 18, 70, 3, 3, (1, 1), (1, 1), dtype, True, config=config)
-        _check_dgrad(device, 1, 70, 9, 18, 72, 3, 3, (1, 1), (1, 1), (1, 1), dtype, True,
+        _check_dgrad(device, 1, 72, 9, 18, 72, 3, 3, (1, 1), (1, 1), (1, 1), dtype, True,
                      config=config)  # fmt: skip
 
 
@@ -187,9 +190,9 @@ def test_configs_respect_limits():
 
 def test_pruner_shrinks_block_k_to_the_padded_channels():
     configs = tma_configs("fp16", interpreter=False)
-    named = {"COUT": 256, "ROWS_H": 56, "ROWS_W": 56, "CPAD": 16}
+    named = {"COUT": 256, "ROWS_H": 56, "ROWS_W": 56, "CIN": 16}
     assert {c.kwargs["BLOCK_K"] for c in conv2d_tma._prune_configs(configs, named)} == {16}
-    named = {"COUT": 32, "ROWS_H": 7, "ROWS_W": 7, "CPAD": 64}
+    named = {"COUT": 32, "ROWS_H": 7, "ROWS_W": 7, "CIN": 64}
     kept = conv2d_tma._prune_configs(configs, named)
     assert all(c.kwargs["BLOCK_N"] <= 64 and c.kwargs["BP"] * c.kwargs["BQ"] <= 64 for c in kept)
 

@@ -74,13 +74,6 @@ def test_pooling_and_padding_launch_one_kernel_each_way_and_nothing_else(op, mem
     assert ops == []
 
 
-TMA_PACKS_THE_WEIGHT = pytest.mark.xfail(
-    strict=True,
-    reason="issue 31: the TMA kernel reads a zero-padded copy of the weight made at every call "
-    "(zeros + copy_); it should read the weight as it is, or a copy made once per version",
-)
-
-
 @pytest.mark.parametrize(
     ("dtype", "memory_format", "kernel", "layout_copies"),
     [
@@ -90,12 +83,11 @@ TMA_PACKS_THE_WEIGHT = pytest.mark.xfail(
             id="gemm-nchw-copies-x-weight-residual-and-y",
         ),
         pytest.param(
-            torch.float16, torch.channels_last, TMA, [], id="tma-channels_last",
-            marks=TMA_PACKS_THE_WEIGHT,
+            torch.float16, torch.channels_last, TMA, [], id="tma-channels_last"
         ),
         pytest.param(
             torch.float16, torch.contiguous_format, TMA, ["clone", "clone", "clone", "copy_"],
-            id="tma-nchw-copies-x-weight-residual-and-y", marks=TMA_PACKS_THE_WEIGHT,
+            id="tma-nchw-copies-x-weight-residual-and-y",
         ),
     ],
 )  # fmt: skip
@@ -119,8 +111,8 @@ def test_conv_forward_launches_one_kernel_and_only_layout_copies(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 31: dgrad transposes the weight at every call (clone), and wgrad reduces "
-    "and casts its fp32 workspace (sum, _to_copy) even when it does not split",
+    reason="issue 31: the cp.async dgrad transposes the weight at every call (clone), and "
+    "wgrad reduces and casts its fp32 workspace (sum, _to_copy) even when it does not split",
 )
 def test_conv_backward_launches_dgrad_and_wgrad_only():
     """Without an activation and with one split-K program (64 output pixels, the

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import DEVICE
 from parity import conv_parity, kernel_names
 
@@ -26,6 +27,7 @@ from fastconv.kernels import conv2d as ck
 from fastconv.kernels import conv2d_tma as tk
 from fastconv.kernels import conv2d_wgrad as wk
 from fastconv.kernels import layout
+from fastconv.profiling import record_launches
 
 GEMM = "_implicit_gemm_kernel"
 TMA = "_tma_implicit_gemm_kernel"
@@ -161,6 +163,29 @@ def test_tma_needs_aligned_channels_last_view(storage_channels, first_channel, f
     assert kernel_names(launches) == [forward, TMA, WGRAD]
 
 
+@pytest.mark.parametrize(
+    ("channels", "weight_offset", "forward", "dgrad"),
+    [
+        pytest.param(16, 0, TMA, TMA, marks=needs_tma_device, id="C16-32B-rows-tma"),
+        pytest.param(12, 0, GEMM, GEMM, id="C12-24B-rows-gemm"),  # x's rows: GEMM forward
+        pytest.param(16, 8, TMA, TMA, marks=needs_tma_device, id="base+16B-tma"),
+        pytest.param(16, 4, GEMM, GEMM, id="base+8B-gemm"),
+    ],
+)
+def test_tma_reads_the_weight_in_place(channels, weight_offset, forward, dgrad):
+    """conv2d_tma._weight_ok: TMA reads the channels-last weight (K, C, R, S) as it is, as a
+    (K, R*S, C) tensor, so both directions need C rows of 16-byte multiples (the input
+    gradient's own condition: the forward's x has the same C) and a 16-byte-aligned base (a
+    weight at another offset of its storage takes the GEMM)."""
+    k, r = 16, 3
+    storage = randn(k * channels * r * r + weight_offset, dtype=torch.float16, seed=2)
+    weight = storage[weight_offset:].view(k, r, r, channels).permute(0, 3, 1, 2)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    x, _, bias = conv_case(channels, k, dtype=torch.float16)
+    launches = conv_parity(x, weight, bias, padding=1)
+    assert kernel_names(launches) == [forward, dgrad, WGRAD]
+
+
 @needs_tma_device
 def test_tma_refuses_an_expanded_batch():
     """A channels-last x expanded along the batch (stride 0) is read in place by the GEMM:
@@ -273,21 +298,23 @@ def test_tma_block_k_fits_channel_pad(kind, cpad, block_k):
     ],
 )
 @needs_tma_device
-def test_tma_channel_pad_end_to_end(monkeypatch, channels, cpad):
-    """CPAD of the packed weight, forward and dgrad, on each side of 16 and 32 channels
-    (the nearest fp16 counts with 16-byte rows: 17 and 33 take cp.async)."""
-    packed_widths = []
-
-    def recording_packed_weight(weight, transposed):
-        packed = packed_weight(weight, transposed)
-        packed_widths.append(packed.shape[1])
-        return packed
-
-    packed_weight = tk._packed_weight
-    monkeypatch.setattr(tk, "_packed_weight", recording_packed_weight)
-    x, weight, bias = conv_case(channels, channels, dtype=torch.float16)
-    assert kernel_names(conv_parity(x, weight, bias, padding=1)) == [TMA, TMA, WGRAD]
-    assert packed_widths == [3 * 3 * cpad] * 2
+def test_tma_channel_pad_end_to_end(channels, cpad):
+    """A GPU config of BLOCK_K 64 runs with BLOCK_K = min(64, CPAD), forward and input
+    gradient, on each side of 16 and 32 channels (the nearest fp16 counts with 16-byte rows:
+    17 and 33 take cp.async), and both match float64 torch."""
+    config = next(c for c in tk.tma_configs("fp16", interpreter=False) if c.kwargs["BLOCK_K"] == 64)
+    x, weight, _ = conv_case(channels, channels, dtype=torch.float16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    geometry = ((1, 1), (1, 1), (1, 1))
+    with record_launches() as launches:
+        y = tk.conv2d_fwd_tma(x, weight, None, *geometry, x.shape[2:], config=config)
+        grad_x = tk.conv2d_bwd_input_tma(y, weight, x.shape, *geometry, config=config)
+    assert [launch.meta["BLOCK_K"] for launch in launches] == [min(64, cpad)] * 2
+    y_ref = F.conv2d(x.double(), weight.double(), padding=1)
+    grad_x_ref = torch.nn.grad.conv2d_input(x.shape, weight.double(), y.double(), padding=1)
+    reduction = channels * 9
+    torch.testing.assert_close(y.double(), y_ref, atol=2e-5 * reduction**0.5, rtol=1e-3)
+    torch.testing.assert_close(grad_x.double(), grad_x_ref, atol=2e-5 * reduction**0.5, rtol=1e-3)
 
 
 # --------------------------------------------------------------------------- layout copies

@@ -149,11 +149,14 @@ def tma_forward(span):  # the TMA kernel's INDEX_64 reads the pixels and the out
     return "_tma_implicit_gemm_kernel"
 
 
-def tma_dgrad(span):
-    c, q = two_factors(span)
-    grad_y, weight = meta(1, 16, 1, q, dtype=torch.float16), meta(16, c, 1, 1, dtype=torch.float16)
-    ck.conv2d_bwd_input(grad_y, weight, (1, c, 1, q), ONE, ZERO, ONE)
+def tma_dgrad(span):  # grad_x (1, 8, 1, q): TMA reads the weight's 8 channels as 16-byte rows
+    q = span // 8
+    grad_y, weight = meta(1, 16, 1, q, dtype=torch.float16), meta(16, 8, 1, 1, dtype=torch.float16)
+    ck.conv2d_bwd_input(grad_y, weight, (1, 8, 1, q), ONE, ZERO, ONE)
     return "_tma_implicit_gemm_kernel"
+
+
+tma_dgrad.granularity = 8  # its span is 8 * q: the int32 side is the multiple of 8 below
 
 
 def activation_backward(span):
@@ -198,7 +201,7 @@ def test_launcher_index_width_at_the_int64_boundary(meta_launches, launcher, spa
     """Each launcher: INDEX_64 off with its largest quantity one below the boundary, on at it."""
     launches, largest = meta_launches
     kernel_name = launcher(span)
-    assert largest == [span]  # the case sits exactly where it says
+    assert largest == [span - span % getattr(launcher, "granularity", 1)]  # where it says
     ((launched, _, _, launch_meta),) = launches.calls
     assert launched.fn.__name__ == kernel_name
     assert launch_meta["INDEX_64"] is int64
@@ -484,7 +487,7 @@ def test_gemm_pruner_falls_back_to_every_config(configs, kept):
 
 def tma_prune(kind, cout=256, rows=(56, 56), **flags):
     """The TMA pruner on the GPU list of ``kind``; CPAD 64 leaves every BLOCK_K as it is."""
-    named = {"COUT": cout, "ROWS_H": rows[0], "ROWS_W": rows[1], "CPAD": 64}
+    named = {"COUT": cout, "ROWS_H": rows[0], "ROWS_W": rows[1], "CIN": 64}
     return tma_tiles(tk._prune_configs(tk.tma_configs(kind, interpreter=False), named, **flags))
 
 

@@ -53,7 +53,9 @@ AMP_CHOICES = ("auto", "off", "fp16", "bf16")
 # Flags a resumed run may set anew: they change where and how fast it runs, or (--epochs) its
 # length, never what a step computes. Every other flag comes from the checkpoint; given again
 # on --resume it must repeat the checkpoint's value.
-RESUME_MAY_CHANGE = ("resume", "epochs", "device", "workers", "backend", "out", "save_every")
+RESUME_MAY_CHANGE = (
+    "resume", "epochs", "device", "workers", "backend", "compile", "out", "save_every",
+)  # fmt: skip
 SEED_LIMIT = 2**63
 
 EPILOG = """\
@@ -200,6 +202,14 @@ def build_parser(defaults: bool = True) -> Parser:
     )
     add("--device", "auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
     add(
+        "--compile",
+        False,
+        action=argparse.BooleanOptionalAction,
+        help="compile the model's training step with torch.compile (on a GPU "
+        "mode='reduce-overhead': CUDA graphs replay each step's launches; timm's --torchcompile); "
+        "the first steps wait for the compiler",
+    )
+    add(
         "--seed",
         0,
         type=int_at_least(0, SEED_LIMIT),
@@ -340,7 +350,8 @@ def merge_resumed_args(
             raise CLIError(
                 f"{flag} {getattr(args, name)} conflicts with {saved[name]} in {source}: a resumed "
                 f"run keeps its settings (leave {flag} out, or start a new run without --resume); "
-                "only --epochs, --device, --workers, --backend, --out and --save-every may change"
+                "only --epochs, --device, --workers, --backend, --compile, --out and --save-every "
+                "may change"
             )
     if "epochs" not in given:
         merged["epochs"] = saved.get("epochs", args.epochs)

@@ -566,6 +566,9 @@ class Trainer:
         if proc.distributed:
             device_ids = [proc.device.index] if proc.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if args.compile:  # the saved and evaluated model stays self.model, uncompiled
+            mode = "reduce-overhead" if proc.device.type == "cuda" else None
+            self.train_model = torch.compile(self.train_model, mode=mode)
         self.ema = weight_ema(self.model, args.ema) if args.ema else None
         self.augment_rng = torch.Generator(device=proc.device)
         self.shift = default_shift(args.img_size) if args.shift is None else args.shift

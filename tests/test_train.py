@@ -1167,3 +1167,20 @@ def test_ema_0_validates_saves_and_predicts_the_trained_weights(demo_data, tmp_p
     assert_same_value(validated[-1], state["model"], "validated weights")
     model = predict.load_model(state, torch.device("cpu"))
     assert_same_value(model.state_dict(), state["model"], "predicted weights")
+
+
+@pytest.mark.slow
+def test_compile_trains_through_torch_compile(demo_data, tmp_path, monkeypatch):
+    """--compile runs the training steps through torch.compile (the inductor backend on the
+    CPU; mode="reduce-overhead", CUDA graphs, on a GPU), saves the plain model's weights,
+    and a resumed run may turn it off."""
+    modes = record_calls(monkeypatch, torch, "compile", lambda model, **kw: kw.get("mode"))
+    run = tmp_path / "run"
+    assert train.main(run_flags(demo_data, run, "--epochs=1", "--compile")) == 0
+    assert modes == [None]  # the CPU: no CUDA graphs
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["args"]["compile"] is True
+    assert not any(key.startswith("_orig_mod") for key in saved["model"])
+    flags = [f"--resume={run / 'last.pt'}", "--epochs=2", "--no-compile", "--workers=0"]
+    assert train.main([*flags, "--backend=torch"]) == 0
+    assert modes == [None]

@@ -51,6 +51,11 @@ def _tensor(*shape: int, grad: bool = False) -> torch.Tensor:
     return t.requires_grad_(grad)
 
 
+def inference(module, *args):
+    with torch.no_grad():
+        return module(*args)
+
+
 def _conv_cases() -> dict[str, Callable[[], object]]:
     x, w, b = _tensor(2, 16, 8, 8), _tensor(16, 16, 3, 3), _tensor(16)
     xg, wg, bg = _tensor(2, 16, 8, 8, grad=True), _tensor(16, 16, 3, 3, grad=True), _tensor(16)
@@ -70,7 +75,7 @@ def _conv_cases() -> dict[str, Callable[[], object]]:
             x, w, b, padding=1, activation="relu"
         ),
         "conv3x3+bias+relu forward+backward": forward_backward,
-        "conv+BN+residual+relu forward (eval)": lambda: block(x, bn, residual=residual),
+        "conv+BN+residual+relu forward (eval, no_grad)": lambda: inference(block, x, bn, residual),
     }
 
 
@@ -89,11 +94,7 @@ def _resnet18_case() -> dict[str, Callable[[], object]]:
     model = model.half().to(memory_format=CL)
     x = _tensor(1, 3, 32, 32)
 
-    def forward():
-        with torch.no_grad():
-            return model(x)
-
-    return {"converted resnet18 forward (eval, 1x3x32x32)": forward}
+    return {"converted resnet18 forward (eval, no_grad, 1x3x32x32)": lambda: inference(model, x)}
 
 
 def _python_calls(fn: Callable[[], object]) -> int:

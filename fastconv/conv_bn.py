@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from fastconv import functional as fcf
+from fastconv import ops
 from fastconv.activations import reference_activation
 from fastconv.layers import Conv2dAct
 
@@ -70,6 +71,41 @@ class Conv2dBatchNormAct(Conv2dAct):
 
     def __init__(self, *args, activation: str = "identity", **kwargs) -> None:
         super().__init__(*args, activation=activation, **kwargs)
+        self._fold_cache: tuple | None = None  # (key, scale, bias), see _folded
+
+    def _folded(self, batchnorm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+        """The eval-mode ``(scale, bias)`` in the weight's dtype.
+
+        Computed once per state of the BatchNorm and the convolution's bias (their tensors,
+        each by storage and ``_version``, which every in-place update bumps) when no gradient
+        flows through them, as in inference: a call then runs the kernel and nothing else.
+        With gradients, or while a graph is traced, they are computed at every call. A
+        change made through ``.data`` bypasses the version counter (as it bypasses
+        autograd's checks): after one, call ``clear_fold_cache()``.
+        """
+        tensors = [
+            t
+            for t in (batchnorm.running_mean, batchnorm.running_var, batchnorm.weight,
+                      batchnorm.bias, self.bias)
+            if t is not None
+        ]  # fmt: skip
+        differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        if differentiable or ops.traced(tuple(tensors)):
+            return self._fold(batchnorm)
+        key = (id(batchnorm), batchnorm.eps, self.weight.dtype, self.weight.device,
+               *((t.data_ptr(), t._version) for t in tensors))  # fmt: skip
+        cached = getattr(self, "_fold_cache", None)  # a module pickled before it had one
+        if cached is None or cached[0] != key:
+            self._fold_cache = (key, *self._fold(batchnorm))
+        return self._fold_cache[1:]
+
+    def _fold(self, batchnorm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+        scale, bias = fold_batch_norm(self.bias, batchnorm)
+        return scale.to(self.weight.dtype), bias.to(self.weight.dtype)
+
+    def clear_fold_cache(self) -> None:
+        """Forget the cached eval-mode fold (see :meth:`_folded`)."""
+        self._fold_cache = None
 
     def forward(
         self, input: Tensor, batchnorm: nn.BatchNorm2d, residual: Tensor | None = None
@@ -89,8 +125,7 @@ class Conv2dBatchNormAct(Conv2dAct):
             if residual is not None:
                 z = z + residual
             return reference_activation(z, self.activation, self.negative_slope)
-        scale, bias = fold_batch_norm(self.bias, batchnorm)
-        scale, bias = scale.to(self.weight.dtype), bias.to(self.weight.dtype)
+        scale, bias = self._folded(batchnorm)
 
         def folded(x, weight, conv_bias, *args, **kwargs):  # conv_bias is inside ``bias``
             return fcf.fused_conv2d(x, weight, bias, *args, scale=scale, **kwargs)

@@ -560,7 +560,7 @@ for _op, (_impl, _setup_context, _backward) in _FORWARDS.items():
     _EAGER_FUNCTIONS[_op] = _eager_function(_op, _impl, _setup_context, _backward)
 
 
-def _traced(args: tuple) -> bool:
+def traced(args: tuple) -> bool:
     """Whether a graph is being traced around this call: torch.compile / torch.export's
     dynamo, or a dispatch mode (fake tensors, make_fx, functionalization), or tensor
     subclasses among the arguments. Such tracers must see the registered op as one node."""
@@ -578,12 +578,12 @@ def call(op, *args):
     """Run the forward op ``op`` (one of this module's: conv2d, the poolings, pad2d) on
     ``args``, the op's own arguments.
 
-    While a graph is traced (:func:`_traced`) this is ``op(*args)``, the registered op with
+    While a graph is traced (:func:`traced`) this is ``op(*args)``, the registered op with
     its autograd formula; eagerly it runs the same implementation and formula without the
     custom-op dispatch, which costs several times an autograd.Function per call: through an
     autograd.Function when a gradient is needed, else by a direct call.
     """
-    if _traced(args):
+    if traced(args):
         return op(*args)
     if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
         return _EAGER_FUNCTIONS[op].apply(*args)

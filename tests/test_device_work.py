@@ -127,3 +127,25 @@ def test_conv_backward_launches_dgrad_and_wgrad_only():
     )
     assert launches == [GEMM, WGRAD]
     assert ops == []
+
+
+def test_eval_batchnorm_fold_is_computed_once_per_state():
+    """conv + BatchNorm in eval mode, without gradients: the fold's arithmetic runs once per
+    state of the BatchNorm; later calls are the kernel alone, and an in-place update of a
+    running statistic (a new version) refolds, with the new statistics' result."""
+    from fastconv.conv_bn import Conv2dBatchNormAct, fold_batch_norm
+
+    conv = Conv2dBatchNormAct(16, 16, 3, padding=1, activation="relu").to(DEVICE)
+    conv = conv.to(memory_format=torch.channels_last)
+    batchnorm = torch.nn.BatchNorm2d(16).to(DEVICE).eval()
+    x = tensor(1, 16, 6, 6, dtype=torch.float32)
+    with torch.no_grad():
+        launches, ops = device_work(lambda: conv(x, batchnorm))
+        assert launches == [GEMM] and ops == []
+        batchnorm.running_mean.add_(1.0)
+        with device_ops() as refold:
+            conv(x, batchnorm)
+        refolded = conv._folded(batchnorm)
+    assert {"rsqrt", "mul"} <= set(refold.names)
+    for cached, fresh in zip(refolded, fold_batch_norm(conv.bias, batchnorm), strict=True):
+        torch.testing.assert_close(cached, fresh, rtol=0, atol=0)

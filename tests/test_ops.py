@@ -298,7 +298,7 @@ def test_eager_calls_skip_the_custom_op_dispatch(triton_backend, monkeypatch):
     registered = {e.name for e in profile.events() if e.name.startswith("fastconv::")}
     assert not registered, registered
 
-    monkeypatch.setattr(ops, "_traced", lambda args: True)  # as under torch.compile
+    monkeypatch.setattr(ops, "traced", lambda args: True)  # as under torch.compile
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         traced = _every_forward(inputs)
         traced_grads = torch.autograd.grad(traced, inputs)

@@ -3,10 +3,11 @@
 ``grad_w`` is a GEMM ``g^T x`` with M = K output channels, N = (tap r, s ; input channel c)
 with c fastest, and the reduction over the N*P*Q output pixels, split across programs
 (split-K) into an fp32 workspace that is summed afterwards, which keeps the result
-deterministic. The operands are read in NHWC (channels_last): for one tap, a program's x
-tile is a box of pixels x channels, contiguous along the channels, and its g tile a box of
-pixels x output channels, so both load as 16-byte vectors that the pipeliner copies
-asynchronously into shared memory (``cp.async`` / ``LDGSTS``).
+deterministic (an unsplit reduction is stored in the operands' dtype directly). The
+operands are read in NHWC (channels_last): for one tap, a program's x tile is a box of
+pixels x channels, contiguous along the channels, and its g tile a box of pixels x output
+channels, so both load as 16-byte vectors that the pipeliner copies asynchronously into
+shared memory (``cp.async`` / ``LDGSTS``).
 """
 
 from __future__ import annotations
@@ -217,7 +218,8 @@ def _conv2d_bwd_weight_kernel(
 
     crs = C * R * S
     dw_offs = offs_m[:, None] * crs + tap * C + offs_c[None, :]
-    tl.store(dw_ptr + dw_offs, acc, mask=mask_m[:, None] & mask_c[None, :])
+    dw = acc.to(dw_ptr.dtype.element_ty)  # fp32 parts, or the result itself with one slice
+    tl.store(dw_ptr + dw_offs, dw, mask=mask_m[:, None] & mask_c[None, :])
     if BIAS_GRAD:  # noqa: SIM102 (a constexpr test alone: no bias code without BIAS_GRAD)
         if pid_n == 0:  # one program per output-channel block sums g over its rows
             bias_acc = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
@@ -228,7 +230,8 @@ def _conv2d_bwd_weight_kernel(
                 g = tl.load(dy_ptr + dy_rows[:, None] + offs_m[None, :], mask=mask_g, other=0.0)
                 bias_acc += g.to(tl.float32)
                 n, p, q = _next_rows(n, p, q, dn, dp, dq, P, Q)
-            tl.store(db_ptr + offs_m, tl.sum(bias_acc, axis=0), mask=mask_m)
+            db = tl.sum(bias_acc, axis=0).to(db_ptr.dtype.element_ty)
+            tl.store(db_ptr + offs_m, db, mask=mask_m)
 
 
 # One autotuner per operand type; the key is what changes the best tile and pipeline (the
@@ -306,7 +309,8 @@ def conv2d_bwd_weight(
     derivative already applied: :func:`fastconv.kernels.epilogue.activation_bwd`). The
     kernel reads both in NHWC with the channels padded to a multiple of 16 (a copy where
     they are not already). The N*P*Q reduction is split across programs into an fp32
-    workspace, then summed and cast to x's dtype; ``split`` overrides the number of
+    workspace, then summed and cast to x's dtype (one program stores the result in x's
+    dtype directly: nothing to sum or cast); ``split`` overrides the number of
     programs (see :func:`wgrad_partition`) and
     ``config`` the autotuner's choice of config. grad_w is contiguous (K, C, R, S).
     """
@@ -323,10 +327,13 @@ def conv2d_bwd_weight(
     k_pad, c_pad = grad_y.shape[1] // groups, x.shape[1] // groups  # per group
     rows_per_split, split = wgrad_partition(rows, k * crs, split)
     # Every element of the workspaces is written by exactly one program: no zero-fill needed.
+    # Split-K parts are fp32 and summed afterwards; an unsplit reduction is stored in x's
+    # dtype, so nothing is left to sum or cast.
     parts_shape = (split, groups * k_pad, r * s * c_pad)
-    grad_w_parts = alloc.empty(parts_shape, dtype=torch.float32, device=x.device)
+    parts_dtype = x.dtype if split == 1 else torch.float32
+    grad_w_parts = alloc.empty(parts_shape, dtype=parts_dtype, device=x.device)
     grad_b_parts = (  # with no bias gradient, an unwritten stand-in pointer
-        alloc.empty((split, groups * k_pad), dtype=torch.float32, device=x.device)
+        alloc.empty((split, groups * k_pad), dtype=parts_dtype, device=x.device)
         if need_bias_grad
         else grad_w_parts
     )
@@ -348,10 +355,12 @@ def conv2d_bwd_weight(
     )  # fmt: skip
     launch(tuned, _conv2d_bwd_weight_kernel, config, grid, args, meta)
     k_g = k // groups
-    grad_w = grad_w_parts.sum(0).view(groups, k_pad, r, s, c_pad)[:, :k_g, :, :, :c]
+    grad_w = grad_w_parts[0] if split == 1 else grad_w_parts.sum(0)
+    grad_w = grad_w.view(groups, k_pad, r, s, c_pad)[:, :k_g, :, :, :c]
     grad_w = grad_w.permute(0, 1, 4, 2, 3).reshape(k, c, r, s)
     grad_w = grad_w.to(x.dtype, memory_format=torch.contiguous_format)
     grad_b = None
     if need_bias_grad:
-        grad_b = grad_b_parts.sum(0).view(groups, k_pad)[:, :k_g].reshape(k).to(x.dtype)
+        grad_b = grad_b_parts[0] if split == 1 else grad_b_parts.sum(0)
+        grad_b = grad_b.view(groups, k_pad)[:, :k_g].reshape(k).to(x.dtype)
     return grad_w, grad_b

@@ -112,7 +112,7 @@ def test_conv_forward_launches_one_kernel_and_only_layout_copies(
 @pytest.mark.xfail(
     strict=True,
     reason="issue 31: the cp.async dgrad transposes the weight at every call (clone), and "
-    "wgrad reduces and casts its fp32 workspace (sum, _to_copy) even when it does not split",
+    "wgrad reorders its (K, R, S, C) result to a contiguous (K, C, R, S) grad_w (one copy)",
 )
 def test_conv_backward_launches_dgrad_and_wgrad_only():
     """Without an activation and with one split-K program (64 output pixels, the

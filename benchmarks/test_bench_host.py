@@ -58,8 +58,8 @@ def inference(module, *args):
 
 def _conv_cases() -> dict[str, Callable[[], object]]:
     x, w, b = _tensor(2, 16, 8, 8), _tensor(16, 16, 3, 3), _tensor(16)
-    xg, wg, bg = _tensor(2, 16, 8, 8, grad=True), _tensor(16, 16, 3, 3, grad=True), _tensor(16)
-    bg.requires_grad_()
+    xg, wg = _tensor(2, 16, 8, 8, grad=True), _tensor(16, 16, 3, 3, grad=True)
+    bg = _tensor(16, grad=True)
     grad_y = _tensor(2, 16, 8, 8)
     block = Conv2dBatchNormAct(16, 16, 3, padding=1, activation="relu").half()
     block = block.to(memory_format=CL)

@@ -90,7 +90,7 @@ class Conv2dBatchNormAct(Conv2dAct):
             if t is not None
         ]  # fmt: skip
         differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        if differentiable or ops.traced(tuple(tensors)):
+        if differentiable or ops.traced(tensors):
             return self._fold(batchnorm)
         key = (id(batchnorm), batchnorm.eps, self.weight.dtype, self.weight.device,
                *((t.data_ptr(), t._version) for t in tensors))  # fmt: skip

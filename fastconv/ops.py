@@ -379,9 +379,8 @@ def _avg_pool2d_setup_context(ctx, inputs, output) -> None:
 
 
 def _avg_pool2d_backward(ctx, grad_y, backward_ops: BackwardOps):
-    return backward_ops.avg_pool2d_backward(grad_y, *ctx.input_layout, *ctx.pool_args), *(
-        [None] * 6
-    )
+    grad_x = backward_ops.avg_pool2d_backward(grad_y, *ctx.input_layout, *ctx.pool_args)
+    return grad_x, *([None] * 6)
 
 
 def _adaptive_avg_pool2d_impl(x: Tensor, output_size: Ints) -> Tensor:
@@ -483,11 +482,8 @@ def _pad2d_setup_context(ctx, inputs, output) -> None:
 def _pad2d_backward(ctx, grad_y, backward_ops: BackwardOps):
     input_shape, channels_last = ctx.input_layout
     padding, mode = ctx.pad_args
-    return (
-        backward_ops.pad2d_backward(grad_y, input_shape, padding, mode, channels_last),
-        None,
-        None,
-    )
+    grad_x = backward_ops.pad2d_backward(grad_y, input_shape, padding, mode, channels_last)
+    return grad_x, None, None
 
 
 # --------------------------------------------------------------------------- autograd, eager
@@ -560,18 +556,18 @@ for _op, (_impl, _setup_context, _backward) in _FORWARDS.items():
     _EAGER_FUNCTIONS[_op] = _eager_function(_op, _impl, _setup_context, _backward)
 
 
-def traced(args: tuple) -> bool:
-    """Whether a graph is being traced around this call: torch.compile / torch.export's
-    dynamo, or a dispatch mode (fake tensors, make_fx, functionalization), or tensor
-    subclasses among the arguments. Such tracers must see the registered op as one node."""
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+
+
+def traced(tensors: Sequence[Tensor]) -> bool:
+    """Whether a graph is being traced around a call on ``tensors``: torch.compile /
+    torch.export's dynamo, or a dispatch mode (fake tensors, make_fx, functionalization), or
+    tensor subclasses among them. Such tracers must see the registered op as one node."""
     return (
         torch.compiler.is_compiling()
         or torch._C._len_torch_dispatch_stack() > 0
-        or any(type(a) not in _PLAIN_TENSORS for a in args if isinstance(a, Tensor))
+        or any(type(t) not in _PLAIN_TENSORS for t in tensors)
     )
-
-
-_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 
 def call(op, *args):
@@ -583,8 +579,9 @@ def call(op, *args):
     custom-op dispatch, which costs several times an autograd.Function per call: through an
     autograd.Function when a gradient is needed, else by a direct call.
     """
-    if traced(args):
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    if traced(tensors):
         return op(*args)
-    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _EAGER_FUNCTIONS[op].apply(*args)
     return _FORWARDS[op][0](*args)

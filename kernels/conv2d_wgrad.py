@@ -309,8 +309,8 @@ def conv2d_bwd_weight(
     derivative already applied: :func:`fastconv.kernels.epilogue.activation_bwd`). The
     kernel reads both in NHWC with the channels padded to a multiple of 16 (a copy where
     they are not already). The N*P*Q reduction is split across programs into an fp32
-    workspace, then summed and cast to x's dtype (one program stores the result in x's
-    dtype directly: nothing to sum or cast); ``split`` overrides the number of
+    workspace, then summed and cast to x's dtype (unsplit, the programs store the result in
+    x's dtype directly: nothing to sum or cast); ``split`` overrides the number of
     programs (see :func:`wgrad_partition`) and
     ``config`` the autotuner's choice of config. grad_w is contiguous (K, C, R, S).
     """

@@ -13,6 +13,14 @@ from fastconv.backend import TRITON_INTERPRETER
 CUDA = torch.device("cuda")
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+# the GPU cases' input layouts, headline first: channels_last is the layout cuDNN's
+# tensor-core kernels and fastconv's are fastest in (and the one the README recommends)
+LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
+
+
+def layout_name(memory_format: torch.memory_format) -> str:
+    """``"channels_last"`` or ``"nchw"``: the key of ``memory_format`` in :data:`LAYOUTS`."""
+    return "channels_last" if memory_format == torch.channels_last else "nchw"
 
 
 def gpu_skip_reason() -> str | None:
@@ -50,7 +58,8 @@ def git_commit() -> str:
 
 
 def machine_info(options: dict[str, object]) -> dict[str, object]:
-    """Device, versions, commit and this run's settings (``options``) for machine_info."""
+    """Device, versions, commit and this run's settings (``options``: cudnn.benchmark as the
+    cases set it, see ``benchmarks/conftest.py``) for machine_info."""
     try:
         import triton
     except ImportError:  # triton ships for Linux only
@@ -67,7 +76,6 @@ def machine_info(options: dict[str, object]) -> dict[str, object]:
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "git_commit": git_commit(),
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cpu_threads": torch.get_num_threads(),
         **options,
     }

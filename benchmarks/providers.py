@@ -51,7 +51,9 @@ def provider_backend(provider: str) -> Iterator[None]:
         yield
 
 
-def _compiled(fn: Callable, provider: str) -> Callable:
+def compiled(fn: Callable, provider: str) -> Callable:
+    """``torch.compile`` of ``fn`` (a function or module) in ``provider``'s mode, from a reset
+    dynamo, specialised to the shapes it is called with."""
     torch._dynamo.reset()
     return torch.compile(fn, mode=COMPILE_MODES[provider], dynamic=False)
 
@@ -65,7 +67,7 @@ def conv_op(provider: str, shape: ConvShape) -> Callable[[Tensor, Tensor, Tensor
     def conv_bias_relu(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         return F.relu(F.conv2d(x, w, b, stride, padding, dilation, groups))
 
-    return conv_bias_relu if provider == EAGER else _compiled(conv_bias_relu, provider)
+    return conv_bias_relu if provider == EAGER else compiled(conv_bias_relu, provider)
 
 
 def torch_preactivation(
@@ -111,7 +113,7 @@ def fused_conv_op(provider: str, case: FusedConvCase) -> Callable[..., Tensor]:
         z = torch_preactivation(x, w, b, shape, **epilogue.operand_kwargs(operands))
         return reference_activation(z, epilogue.activation)
 
-    return conv_epilogue if provider == EAGER else _compiled(conv_epilogue, provider)
+    return conv_epilogue if provider == EAGER else compiled(conv_epilogue, provider)
 
 
 def pool_op(provider: str, shape: PoolShape) -> Callable[[Tensor], Tensor]:
@@ -125,7 +127,7 @@ def pool_op(provider: str, shape: PoolShape) -> Callable[[Tensor], Tensor]:
     def pool(x: Tensor) -> Tensor:
         return torch_pool(x, **kwargs)
 
-    return pool if provider == EAGER else _compiled(pool, provider)
+    return pool if provider == EAGER else compiled(pool, provider)
 
 
 def pad_op(provider: str, shape: PadShape) -> Callable[[Tensor], Tensor]:
@@ -139,4 +141,4 @@ def pad_op(provider: str, shape: PadShape) -> Callable[[Tensor], Tensor]:
     def pad(x: Tensor) -> Tensor:
         return F.pad(x, shape.padding, mode=shape.mode)
 
-    return pad if provider == EAGER else _compiled(pad, provider)
+    return pad if provider == EAGER else compiled(pad, provider)

@@ -15,10 +15,16 @@ cuDNN eager timed in the same session.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from benchmarks.checks import check_conv, check_fused_conv
-from benchmarks.environment import CUDA, DTYPE_NAMES, DTYPES, conv_math, requires_gpu
+from benchmarks.environment import (
+    CUDA,
+    DTYPE_NAMES,
+    DTYPES,
+    conv_math,
+    layout_name,
+    requires_gpu,
+)
 from benchmarks.modes import MODES, mode_rounds
 from benchmarks.providers import EAGER, conv_op, fused_conv_op, provider_backend
 from benchmarks.shapes import CONV_SHAPES, FUSED_CONV_CASES
@@ -34,7 +40,7 @@ FUSED_CONV_MODES = ("fwd", "fwd+bwd")
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda shape: shape.name)
 def test_conv2d_bias_relu(benchmark, eager_baseline, memory_format, shape, dtype, mode, provider):
-    case = f"conv {shape.name} {conv_math(dtype)} {mode}"
+    case = f"conv {shape.name} {conv_math(dtype)} {layout_name(memory_format)} {mode}"
     benchmark.group = case
     inputs, grad_y = shape.random_inputs(dtype, CUDA, memory_format)
     with provider_backend(provider):
@@ -54,7 +60,7 @@ def test_conv2d_bias_relu(benchmark, eager_baseline, memory_format, shape, dtype
         shape=shape.describe(),
         dtype=DTYPE_NAMES[dtype],
         math=conv_math(dtype),
-        memory_format="channels_last" if memory_format == torch.channels_last else "nchw",
+        memory_format=layout_name(memory_format),
         mode=mode,
         provider=provider,
         flops=flops,
@@ -69,7 +75,7 @@ def test_conv2d_bias_relu(benchmark, eager_baseline, memory_format, shape, dtype
 @pytest.mark.parametrize("case", FUSED_CONV_CASES, ids=lambda case: case.name)
 def test_fused_conv2d(benchmark, eager_baseline, memory_format, case, dtype, mode, provider):
     shape = case.shape
-    case_id = f"fused conv {case.name} {conv_math(dtype)} {mode}"
+    case_id = f"fused conv {case.name} {conv_math(dtype)} {layout_name(memory_format)} {mode}"
     benchmark.group = case_id
     inputs, grad_y = case.random_inputs(dtype, CUDA, memory_format)
     with provider_backend(provider):
@@ -90,7 +96,7 @@ def test_fused_conv2d(benchmark, eager_baseline, memory_format, case, dtype, mod
         shape=shape.describe(),
         dtype=DTYPE_NAMES[dtype],
         math=conv_math(dtype),
-        memory_format="channels_last" if memory_format == torch.channels_last else "nchw",
+        memory_format=layout_name(memory_format),
         mode=mode,
         provider=provider,
         flops=flops,

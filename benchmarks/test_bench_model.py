@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.checks import check_model
-from benchmarks.environment import CUDA, conv_math, requires_gpu
-from benchmarks.providers import COMPILE_MODES, EAGER, provider_backend
+from benchmarks.environment import CUDA, conv_math, layout_name, requires_gpu
+from benchmarks.providers import EAGER, compiled, provider_backend
 from benchmarks.shapes import MODEL_IMAGE_SIZES, MODEL_NAME, TRAINING_BATCH
 from benchmarks.timing import benchmark_cpu, benchmark_gpu, median_gpu_ms, median_wall_seconds
 from benchmarks.twin import torch_nn_twin
@@ -57,10 +57,13 @@ class TrainStep:
 
 
 def random_batch(
-    size: int, device: torch.device, memory_format: torch.memory_format
+    size: int,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    batch: int = TRAINING_BATCH,
 ) -> tuple[Tensor, Tensor]:
-    images = torch.randn(TRAINING_BATCH, 3, size, size, device=device)
-    labels = torch.randint(0, NUM_CLASSES, (TRAINING_BATCH,), device=device)
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     return images.contiguous(memory_format=memory_format), labels
 
 
@@ -80,13 +83,12 @@ def provider_model(provider: str, fastconv_model: nn.Module) -> nn.Module:
     if provider == "fastconv":
         return fastconv_model
     twin = torch_nn_twin(fastconv_model)
-    if provider == EAGER:
-        return twin
-    torch._dynamo.reset()
-    return torch.compile(twin, mode=COMPILE_MODES[provider], dynamic=False)
+    return twin if provider == EAGER else compiled(twin, provider)
 
 
-def record(benchmark, size: int, precision: str, provider: str, seconds: float) -> None:
+def record(
+    benchmark, size: int, precision: str, provider: str, seconds: float, layout: str | None = None
+) -> None:
     benchmark.extra_info.update(
         kind="model",
         case=f"{MODEL_NAME}@{size}px",
@@ -96,6 +98,8 @@ def record(benchmark, size: int, precision: str, provider: str, seconds: float) 
         provider=provider,
         images_per_s=TRAINING_BATCH / seconds,
     )
+    if layout is not None:
+        benchmark.extra_info["memory_format"] = layout
 
 
 @requires_gpu
@@ -104,7 +108,7 @@ def record(benchmark, size: int, precision: str, provider: str, seconds: float) 
 def test_train_step_gpu(benchmark, eager_baseline, memory_format, size, precision, provider):
     autocast_dtype = GPU_PRECISIONS[precision]
     label = "bf16 autocast" if autocast_dtype else conv_math(torch.float32)
-    case = f"model {MODEL_NAME}@{size}px {label}"
+    case = f"model {MODEL_NAME}@{size}px {label} {layout_name(memory_format)}"
     benchmark.group = case
     torch.manual_seed(0)
     fastconv_model = build_model(MODEL_NAME, NUM_CLASSES).to(CUDA, memory_format=memory_format)
@@ -122,7 +126,7 @@ def test_train_step_gpu(benchmark, eager_baseline, memory_format, size, precisio
             TrainStep(torch_nn_twin(fastconv_model), autocast_dtype), refill(images, labels)
         ),
     )
-    record(benchmark, size, label, provider, gpu_ms * 1e-3)
+    record(benchmark, size, label, provider, gpu_ms * 1e-3, layout_name(memory_format))
     benchmark.extra_info.update(eager_gpu_ms=eager_ms, speedup_vs_eager=speedup)
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.checks import check_pad
-from benchmarks.environment import CUDA, DTYPE_NAMES, DTYPES, requires_gpu
+from benchmarks.environment import CUDA, DTYPE_NAMES, DTYPES, layout_name, requires_gpu
 from benchmarks.modes import mode_rounds
 from benchmarks.providers import EAGER, pad_op, provider_backend
 from benchmarks.shapes import PAD_SHAPES, PadShape
@@ -34,7 +34,7 @@ def bytes_moved(shape: PadShape, output: torch.Tensor) -> int:
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("shape", PAD_SHAPES, ids=lambda shape: shape.name)
 def test_pad2d(benchmark, eager_baseline, memory_format, shape, dtype, mode, provider):
-    case = f"pad {shape.name} {DTYPE_NAMES[dtype]} {mode}"
+    case = f"pad {shape.name} {DTYPE_NAMES[dtype]} {layout_name(memory_format)} {mode}"
     benchmark.group = case
     x = torch.randn(shape.n, shape.c, shape.h, shape.w, device=CUDA, dtype=dtype)
     x = x.contiguous(memory_format=memory_format).requires_grad_()
@@ -55,7 +55,7 @@ def test_pad2d(benchmark, eager_baseline, memory_format, shape, dtype, mode, pro
         case=shape.name,
         shape=shape.describe(),
         dtype=DTYPE_NAMES[dtype],
-        memory_format="channels_last" if memory_format == torch.channels_last else "nchw",
+        memory_format=layout_name(memory_format),
         mode=mode,
         provider=provider,
         bytes=moved,

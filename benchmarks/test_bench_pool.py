@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.checks import check_pool, tie_free_pool_input
-from benchmarks.environment import CUDA, DTYPE_NAMES, DTYPES, requires_gpu
+from benchmarks.environment import CUDA, DTYPE_NAMES, DTYPES, layout_name, requires_gpu
 from benchmarks.modes import mode_rounds
 from benchmarks.providers import EAGER, pool_op, provider_backend
 from benchmarks.shapes import POOL_SHAPES, PoolShape
@@ -37,7 +37,7 @@ def bytes_moved(shape: PoolShape, output: torch.Tensor, mode: str) -> int:
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_NAMES.get)
 @pytest.mark.parametrize("shape", POOL_SHAPES, ids=lambda shape: shape.name)
 def test_pool2d(benchmark, eager_baseline, memory_format, shape, dtype, mode, provider):
-    case = f"pool {shape.name} {DTYPE_NAMES[dtype]} {mode}"
+    case = f"pool {shape.name} {DTYPE_NAMES[dtype]} {layout_name(memory_format)} {mode}"
     benchmark.group = case
     if shape.op == "max_pool2d":
         x = tie_free_pool_input(shape, dtype, CUDA)
@@ -61,7 +61,7 @@ def test_pool2d(benchmark, eager_baseline, memory_format, shape, dtype, mode, pr
         case=shape.name,
         shape=shape.describe(),
         dtype=DTYPE_NAMES[dtype],
-        memory_format="channels_last" if memory_format == torch.channels_last else "nchw",
+        memory_format=layout_name(memory_format),
         mode=mode,
         provider=provider,
         bytes=moved,

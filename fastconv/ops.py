@@ -39,7 +39,14 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.library import custom_op
 
+from fastconv.backend import TRITON_AVAILABLE
 from fastconv.kernels.layout import memory_format_of
+
+if TRITON_AVAILABLE:  # without triton every op runs torch's reference (fastconv.backend)
+    from fastconv.kernels import conv2d as conv_kernels
+    from fastconv.kernels import epilogue as epilogue_kernels
+    from fastconv.kernels import pad2d as pad_kernels
+    from fastconv.kernels import pool2d as pool_kernels
 
 __all__ = [
     "activation_backward",
@@ -93,12 +100,9 @@ def _conv2d_impl(
     save_preact: bool,
 ) -> tuple[Tensor, Tensor]:
     """(y, preact): y (N, K, P, Q) in x's memory format; preact channels-last or empty."""
-    from fastconv.kernels import conv2d as kernels
-    from fastconv.kernels.epilogue import Epilogue
-
-    epilogue = Epilogue(activation, negative_slope, scale, residual, save_preact)
+    epilogue = epilogue_kernels.Epilogue(activation, negative_slope, scale, residual, save_preact)
     geometry = (tuple(stride), tuple(padding), tuple(dilation), tuple(output_size))
-    result = kernels.conv2d_fwd(x, weight, bias, *geometry, epilogue, groups)
+    result = conv_kernels.conv2d_fwd(x, weight, bias, *geometry, epilogue, groups)
     if not save_preact:
         return result, _nothing(x)
     y, preact = result
@@ -122,9 +126,7 @@ def _activation_backward_impl(
     grad_y: Tensor, saved: Tensor, activation: str, negative_slope: float
 ) -> Tensor:
     """grad_z = grad_y * act'(z) from the saved output or pre-activation, saved's format."""
-    from fastconv.kernels.epilogue import activation_bwd
-
-    return activation_bwd(grad_y, saved, activation, negative_slope)
+    return epilogue_kernels.activation_bwd(grad_y, saved, activation, negative_slope)
 
 
 activation_backward = custom_op(
@@ -147,10 +149,8 @@ def _conv2d_input_grad_impl(
     groups: int,
 ) -> Tensor:
     """grad_x (N, C, H, W) in grad's memory format from the pre-activation gradient."""
-    from fastconv.kernels import conv2d as kernels
-
     geometry = (tuple(stride), tuple(padding), tuple(dilation))
-    return kernels.conv2d_bwd_input(grad, weight, tuple(input_shape), *geometry, groups)
+    return conv_kernels.conv2d_bwd_input(grad, weight, tuple(input_shape), *geometry, groups)
 
 
 conv2d_input_grad = custom_op(
@@ -173,11 +173,9 @@ def _conv2d_weight_grad_impl(
     groups: int,
     bias_grad: bool,
 ) -> tuple[Tensor, Tensor]:
-    """(grad_w (K, C/groups, R, S) contiguous, grad_b (K,) or empty)."""
-    from fastconv.kernels import conv2d as kernels
-
+    """(grad_w (K, C/groups, R, S) channels-last, grad_b (K,) or empty)."""
     geometry = (tuple(stride), tuple(padding), tuple(dilation))
-    grad_w, grad_b = kernels.conv2d_bwd_weight(
+    grad_w, grad_b = conv_kernels.conv2d_bwd_weight(
         grad, x, tuple(weight_shape), *geometry, bias_grad, groups
     )
     return grad_w, (grad_b if grad_b is not None else _nothing(x))
@@ -190,7 +188,7 @@ conv2d_weight_grad = custom_op(
 
 @conv2d_weight_grad.register_fake
 def _(grad, x, weight_shape, stride, padding, dilation, groups, bias_grad):
-    grad_w = _empty(weight_shape, x, torch.contiguous_format)
+    grad_w = _empty(weight_shape, x, torch.channels_last)
     return grad_w, (
         _empty((weight_shape[0],), x, torch.contiguous_format) if bias_grad else _nothing(x)
     )
@@ -253,10 +251,8 @@ def _max_pool2d_impl(
     store_argmax: bool,
 ) -> tuple[Tensor, Tensor]:
     """(y, argmax): argmax (``r*KW + s`` in the window, int8/16/32) or empty."""
-    from fastconv.kernels import pool2d as kernels
-
     geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
-    y, argmax = kernels.max_pool2d_fwd(x, *geometry, tuple(output_size), store_argmax)
+    y, argmax = pool_kernels.max_pool2d_fwd(x, *geometry, tuple(output_size), store_argmax)
     return y, (argmax if argmax is not None else _nothing(x))
 
 
@@ -286,11 +282,9 @@ def _max_pool2d_backward_impl(
     dilation: Ints,
 ) -> Tensor:
     """grad_x (N, C, H, W), channels-last or contiguous, from the compact argmax."""
-    from fastconv.kernels import pool2d as kernels
-
     geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
     layout = (torch.Size(input_shape), _format(channels_last))
-    return kernels.max_pool2d_bwd(grad_y, argmax, *layout, *geometry)
+    return pool_kernels.max_pool2d_bwd(grad_y, argmax, *layout, *geometry)
 
 
 max_pool2d_backward = custom_op(
@@ -329,10 +323,8 @@ def _avg_pool2d_impl(
     divisor_override: int | None,
 ) -> Tensor:
     """y (N, C, P, Q) in x's memory format."""
-    from fastconv.kernels import pool2d as kernels
-
     geometry = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(output_size))
-    return kernels.avg_pool2d_fwd(x, *geometry, count_include_pad, divisor_override)
+    return pool_kernels.avg_pool2d_fwd(x, *geometry, count_include_pad, divisor_override)
 
 
 avg_pool2d = custom_op("fastconv::avg_pool2d", _avg_pool2d_impl, mutates_args=())
@@ -354,11 +346,11 @@ def _avg_pool2d_backward_impl(
     divisor_override: int | None,
 ) -> Tensor:
     """grad_x (N, C, H, W), channels-last or contiguous."""
-    from fastconv.kernels import pool2d as kernels
-
     layout = (torch.Size(input_shape), _format(channels_last))
     geometry = (tuple(kernel_size), tuple(stride), tuple(padding))
-    return kernels.avg_pool2d_bwd(grad_y, *layout, *geometry, count_include_pad, divisor_override)
+    return pool_kernels.avg_pool2d_bwd(
+        grad_y, *layout, *geometry, count_include_pad, divisor_override
+    )
 
 
 avg_pool2d_backward = custom_op(
@@ -385,9 +377,7 @@ def _avg_pool2d_backward(ctx, grad_y, backward_ops: BackwardOps):
 
 def _adaptive_avg_pool2d_impl(x: Tensor, output_size: Ints) -> Tensor:
     """y (N, C, P, Q) in x's memory format."""
-    from fastconv.kernels import pool2d as kernels
-
-    return kernels.adaptive_avg_pool2d_fwd(x, tuple(output_size))
+    return pool_kernels.adaptive_avg_pool2d_fwd(x, tuple(output_size))
 
 
 adaptive_avg_pool2d = custom_op(
@@ -404,9 +394,9 @@ def _adaptive_avg_pool2d_backward_impl(
     grad_y: Tensor, input_shape: Ints, channels_last: bool
 ) -> Tensor:
     """grad_x (N, C, H, W), channels-last or contiguous."""
-    from fastconv.kernels import pool2d as kernels
-
-    return kernels.adaptive_avg_pool2d_bwd(grad_y, torch.Size(input_shape), _format(channels_last))
+    return pool_kernels.adaptive_avg_pool2d_bwd(
+        grad_y, torch.Size(input_shape), _format(channels_last)
+    )
 
 
 adaptive_avg_pool2d_backward = custom_op(
@@ -443,9 +433,7 @@ def _pad2d_impl(x: Tensor, padding: Ints, mode: str) -> Tensor:
     An op (``torch.ops.fastconv.pad2d``) with a fake implementation and an autograd formula,
     so torch.compile and torch.export see it whole; arguments are already validated.
     """
-    from fastconv.kernels.pad2d import pad2d_fwd
-
-    return pad2d_fwd(x, tuple(padding), mode)
+    return pad_kernels.pad2d_fwd(x, tuple(padding), mode)
 
 
 pad2d = custom_op("fastconv::pad2d", _pad2d_impl, mutates_args=())
@@ -460,9 +448,9 @@ def _pad2d_backward_impl(
     grad_y: Tensor, input_shape: Ints, padding: Ints, mode: str, channels_last: bool
 ) -> Tensor:
     """grad_x (N, C, H, W), channels-last or contiguous, from the padded tensor's gradient."""
-    from fastconv.kernels.pad2d import pad2d_bwd
-
-    return pad2d_bwd(grad_y, tuple(input_shape), tuple(padding), mode, _format(channels_last))
+    return pad_kernels.pad2d_bwd(
+        grad_y, tuple(input_shape), tuple(padding), mode, _format(channels_last)
+    )
 
 
 pad2d_backward = custom_op("fastconv::pad2d_backward", _pad2d_backward_impl, mutates_args=())

@@ -29,7 +29,7 @@ __all__ = ["DeviceOps", "KernelLaunch", "device_ops", "record_launches"]
 @dataclasses.dataclass(frozen=True)
 class KernelLaunch:
     """One Triton kernel launch: the kernel's function name, its keyword arguments (the
-    constexpr meta-parameters such as ``INDEX_64`` or ``BLOCK_M``) and its grid."""
+    constexpr meta-parameters such as ``INDEX_64`` or ``BLOCK_M``) and its grid (a tuple)."""
 
     name: str
     meta: dict
@@ -53,7 +53,8 @@ def record_launches(run: bool = True) -> Iterator[list[KernelLaunch]]:
         def run_kernel(self, *args, grid, warmup, **kwargs):
             if warmup:
                 return original(self, *args, grid=grid, warmup=warmup, **kwargs)
-            launches.append(KernelLaunch(self.fn.__name__, dict(kwargs), grid))
+            resolved_grid = grid(kwargs) if callable(grid) else tuple(grid)
+            launches.append(KernelLaunch(self.fn.__name__, dict(kwargs), resolved_grid))
             if run:
                 return original(self, *args, grid=grid, warmup=warmup, **kwargs)
             return None

@@ -43,19 +43,21 @@ from fastconv.kernels.conv2d_depthwise import (
     is_depthwise,
 )
 from fastconv.kernels.conv2d_stem import conv2d_stem_fwd, uses_stem_path
-from fastconv.kernels.conv2d_tma import conv2d_bwd_input_tma, conv2d_fwd_tma, tma_applies
+from fastconv.kernels.conv2d_tma import TmaForward, TmaInputGrad, tma_applies
 from fastconv.kernels.conv2d_wgrad import wgrad_configs, wgrad_partition, wgrad_split
 from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue, tile_fits_epilogue
 from fastconv.kernels.launch import (
     INTERPRETER_CONFIGS,
+    WIDE_TILES_ENABLED,
+    cdiv,
     checked_grid,
     dot_kind,
     input_precision,
-    launch,
     needs_int64,
     tile_config,
 )
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
+from fastconv.kernels.plans import PlanCache, TunedLaunch, dot_precision, signature
 from fastconv.kernels.taps import dgrad_taps, forward_taps, load_phase_taps
 
 __all__ = [
@@ -96,15 +98,27 @@ TILES = {
         (64, 32, 16, 4, 4),
     ],
 }
+# Two warpgroups (8 warps), appended behind the wide-tiles switch (launch.WIDE_TILES_ENABLED):
+# 128 accumulator registers per thread, as 128x128 at 4 warps. BLOCK_K 32: at 64 (3 stages)
+# 256x128 spilled 32 bytes on sm_80. tf32 has none: 128x256 and 256x128 spilled on sm_80 and
+# sm_90 at BLOCK_K 32 and 16 alike (8-288 bytes; compile gate, docs/decisions.md).
+WIDE_TILES = {
+    "fp16": [(128, 256, 32, 4, 8), (256, 128, 32, 4, 8)],
+    "tf32": [],
+    "ieee": [],  # FMA dots: no warpgroup MMA to widen
+}
 
 
-def conv_configs(kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER) -> list[triton.Config]:
+def conv_configs(
+    kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER, wide: bool = WIDE_TILES_ENABLED
+) -> list[triton.Config]:
     """Configs of the implicit-GEMM kernel (forward and dgrad share it) for a dot ``kind``:
     "fp16" (fp16 and bf16), "tf32" or "ieee" (fp32 with tf32 off). ``interpreter=False``
-    gives the GPU list even under the interpreter (tests run every config)."""
+    gives the GPU list even under the interpreter (tests run every config); ``wide`` appends
+    the 8-warp tiles (default: the ``FASTCONV_WIDE_TILES`` switch)."""
     if interpreter:
         return INTERPRETER_CONFIGS
-    return [tile_config(*tile) for tile in TILES[kind]]
+    return [tile_config(*tile) for tile in TILES[kind] + (WIDE_TILES[kind] if wide else [])]
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -155,11 +169,13 @@ def _implicit_gemm_kernel(
     weight_step_s,
     out_step_h,
     out_step_w,
-    # strides (a, b and out are dense channels-last: channel stride 1)
+    # strides (a and out are channels-last: channel stride 1)
     stride_an,
     stride_ah,
     stride_aw,
+    stride_bg,
     stride_bo,
+    stride_bc,
     stride_br,
     stride_bs,
     stride_on,
@@ -181,10 +197,11 @@ def _implicit_gemm_kernel(
     * scale + bias + residual), the epilogue of :func:`fastconv.kernels.epilogue.fused_epilogue`
     (dgrad: none).
 
-    One implicit GEMM for the forward and the input gradient, on NHWC operands:
-    a (N, A_H, A_W, G*CIN) channels-contiguous, b (G*COUT, R, S, CIN) channels-contiguous,
-    G = GROUPS independent GEMMs (grouped convolution): group g reads a's channels
-    [g*CIN, (g+1)*CIN) and b's rows [g*COUT, (g+1)*COUT) and writes those output channels.
+    One implicit GEMM for the forward and the input gradient: a (N, A_H, A_W, G*CIN)
+    channels-contiguous, b (G, COUT, R, S, CIN) at strides (stride_bg, stride_bo, stride_br,
+    stride_bs, stride_bc), G = GROUPS independent GEMMs (grouped convolution): group g reads
+    a's channels [g*CIN, (g+1)*CIN) and b's group g and writes output channels [g*COUT,
+    (g+1)*COUT).
     A program computes a (BLOCK_M rows x BLOCK_N output channels) tile of one group, a row
     being the pixel (n, i, j) of an (N, ROWS_H, ROWS_W) grid. Its taps come from row
     ``phase`` of the int32 table ``taps_ptr`` (PHASES, 8): (r0, count_r, h0, s0, count_s,
@@ -196,11 +213,12 @@ def _implicit_gemm_kernel(
     and the row's result goes to out[n, :, out_h0 + i*out_step_h, out_w0 + j*out_step_w]
     where that is inside (OUT_H, OUT_W).
 
-    Forward: a = x, b = w as (K, R, S, C), rows = output pixels (n, p, q), one phase
-    (0, R, -pad_h, 0, S, -pad_w, 0, 0), row steps = stride, tap steps = dilation.
-    dgrad: a = grad_y, b = w as (C, R, S, K), rows = the input pixels of one stride phase
-    (h = out_h0 + i*stride_h), taps = the (r, s) whose stride phase hits it (a progression),
-    so no tap is skipped inside the loop and every step is a full tile.
+    Forward: a = x, b = w as (K, R, S, C) (stride_bc 1), rows = output pixels (n, p, q), one
+    phase (0, R, -pad_h, 0, S, -pad_w, 0, 0), row steps = stride, tap steps = dilation.
+    dgrad: a = grad_y, b = w as (C, R, S, K): the channels-last weight read in place
+    (stride_bo 1, stride_bc its K stride) or a transposed copy, rows = the input pixels of
+    one stride phase (h = out_h0 + i*stride_h), taps = the (r, s) whose stride phase hits it
+    (a progression), so no tap is skipped inside the loop and every step is a full tile.
 
     The main loop walks (t, u, channel chunk) with counters advanced by adds and compares:
     no division; a row's address is its base plus one scalar per tap. Grid: one axis,
@@ -223,6 +241,7 @@ def _implicit_gemm_kernel(
     offs_k = tl.arange(0, BLOCK_K)  # reduction channel within a chunk
     if INDEX_64:
         offs_n = offs_n.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
     j = offs_m % ROWS_W
     i = (offs_m // ROWS_W) % ROWS_H
     n = (offs_m // ROWS_W // ROWS_H).to(tl.int64)
@@ -233,7 +252,8 @@ def _implicit_gemm_kernel(
     w_row = j * row_step_w + w0
     a_rows = a_ptr + group * CIN + n * stride_an + h_row * stride_ah + w_row * stride_aw
     out_channels = group * COUT + offs_n  # of the whole output (and rows of b)
-    b_cols = b_ptr + out_channels * stride_bo + r0 * stride_br + s0 * stride_bs
+    b_cols = b_ptr + group.to(tl.int64) * stride_bg + offs_n * stride_bo
+    b_cols += r0 * stride_br + s0 * stride_bs
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if HAS_BIAS and not HAS_SCALE:  # the accumulator starts at the bias
@@ -257,7 +277,9 @@ def _implicit_gemm_kernel(
         )
         b_tap = b_cols + (t * weight_step_r * stride_br + u * weight_step_s * stride_bs)
         b_tile = tl.load(
-            b_tap[None, :] + c[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0
+            b_tap[None, :] + c[:, None] * stride_bc,
+            mask=mask_c[:, None] & mask_n[None, :],
+            other=0.0,
         )
         acc = tl.dot(a_tile, b_tile, acc, input_precision=INPUT_PRECISION)
         # Next (t, u, chunk): carries by compare, no division.
@@ -297,37 +319,161 @@ _TUNED = {
 # --------------------------------------------------------------------------- launchers
 
 
-def _launch_implicit_gemm(a, b, bias, out, taps, rows, steps, groups, epilogue, config, what):
-    """Launch the implicit GEMM: ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (row, tap,
-    weight, out) steps, each an (h, w) pair; the rest as in the kernel's docstring. Returns
-    the pre-activation buffer when ``epilogue.save_preact``, else None."""
-    n, rows_h, rows_w = rows
-    row_step, tap_step, weight_step, out_step = steps
-    phases = taps.shape[0]
-    cout = out.shape[1] // groups
+def _b_strides(b: Tensor, groups: int, transposed: bool) -> tuple[int, int, int, int, int]:
+    """(group, output, reduction, r, s) strides of the GEMM's b from ``b`` (rows, cols, R, S),
+    a weight-shaped tensor with unit ``cols`` stride: its rows are the GEMM's outputs and its
+    cols the reduction; ``transposed`` (the input gradient reading the weight in place) swaps
+    the two. A size-1 tap dimension's stride is 0 (see :func:`nhwc_strides`)."""
+    rows_stride, cols_stride, r_stride, s_stride = b.stride()
+    tap_strides = tuple(0 if b.shape[d] == 1 else b.stride(d) for d in (2, 3))
+    if transposed:
+        return (b.shape[0] // groups * rows_stride, cols_stride, rows_stride, *tap_strides)
+    return (b.shape[0] // groups * rows_stride, rows_stride, 1, *tap_strides)
 
-    def grid(meta):
-        m_tiles = triton.cdiv(n * rows_h * rows_w, meta["BLOCK_M"])
-        tiles = m_tiles * phases * groups * triton.cdiv(cout, meta["BLOCK_N"])
-        return checked_grid((tiles,), what)
 
-    precision = input_precision(a.dtype)
-    tuned = _TUNED[dot_kind(a.dtype)]
-    scale, residual, preact = epilogue.operands(out)
-    args = (
-        a, b, bias if bias is not None else b, out, taps,
-        scale, residual, out if preact is None else preact, epilogue.negative_slope,
-        n, rows_h, rows_w, a.shape[2], a.shape[3], a.shape[1] // groups, cout,
-        out.shape[2], out.shape[3], phases, groups,
-        *row_step, *tap_step, *weight_step, *out_step,
-        *nhwc_strides(a), *nhwc_strides(b), *nhwc_strides(out),
-    )  # fmt: skip
-    meta = dict(
-        HAS_BIAS=bias is not None, **epilogue.meta(), INPUT_PRECISION=precision,
-        INDEX_64=needs_int64(n * rows_h * rows_w, a, b, out),
-    )  # fmt: skip
-    launch(tuned, _implicit_gemm_kernel, config, grid, args, meta)
-    return preact
+class _ImplicitGemm:
+    """The cp.async implicit GEMM of one call signature: its grid, scalar arguments,
+    constexprs and autotuned tile, computed from the first call's tensors.
+
+    ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (row, tap, weight, out) steps, each an (h, w)
+    pair; ``b`` a weight-shaped tensor with unit channel stride, read transposed when
+    ``transposed`` (:func:`_b_strides`); the rest as in the kernel's docstring. ``config``
+    fixes the tile (tests).
+    """
+
+    def __init__(
+        self, a, b, transposed, has_bias, out, taps, rows, steps, groups, epilogue, config, what
+    ):
+        n, rows_h, rows_w = rows
+        row_step, tap_step, weight_step, out_step = steps
+        phases = taps.shape[0]
+        cout = out.shape[1] // groups
+        self.taps = taps
+        self.scalars = (
+            n, rows_h, rows_w, a.shape[2], a.shape[3], a.shape[1] // groups, cout,
+            out.shape[2], out.shape[3], phases, groups,
+            *row_step, *tap_step, *weight_step, *out_step,
+            *nhwc_strides(a), *_b_strides(b, groups, transposed), *nhwc_strides(out),
+        )  # fmt: skip
+        meta = dict(
+            HAS_BIAS=has_bias, **epilogue.meta(), INPUT_PRECISION=input_precision(a.dtype),
+            INDEX_64=needs_int64(n * rows_h * rows_w, a, b, out),
+        )  # fmt: skip
+
+        def grid(meta):
+            m_tiles = cdiv(n * rows_h * rows_w, meta["BLOCK_M"])
+            return checked_grid((m_tiles * phases * groups * cdiv(cout, meta["BLOCK_N"]),), what)
+
+        kernel = _implicit_gemm_kernel
+        self.launch = TunedLaunch(_TUNED[dot_kind(a.dtype)], kernel, grid, meta, config)
+
+    def __call__(self, a, b, bias, out, epilogue: Epilogue) -> Tensor | None:
+        """Launch on this call's tensors; the pre-activation buffer when
+        ``epilogue.save_preact``, else None."""
+        scale, residual, preact = epilogue.operands(out)
+        self.launch(
+            a, b, b if bias is None else bias, out, self.taps,
+            scale, residual, out if preact is None else preact, epilogue.negative_slope,
+            *self.scalars,
+        )  # fmt: skip
+        return preact
+
+
+class _GemmForward:
+    """The cp.async forward of one call signature: ``forward(x, weight, bias, epilogue)``."""
+
+    def __init__(self, stride, padding, dilation, output_size, groups, config):
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.output_size, self.groups, self.config = output_size, groups, config
+        self.gemm: _ImplicitGemm | None = None
+
+    def __call__(self, x, weight, bias, epilogue: Epilogue) -> Tensor | tuple[Tensor, Tensor]:
+        n = x.shape[0]
+        k, _, r, s = weight.shape
+        p, q = self.output_size
+        y, y_nhwc = nhwc_output((n, k, p, q), x)
+        if y.numel() == 0:
+            return (y, y_nhwc) if epilogue.save_preact else y
+        a, b = nhwc(x), nhwc(weight)
+        if self.gemm is None:
+            self.gemm = _ImplicitGemm(
+                a, b, False, bias is not None, y_nhwc, forward_taps((r, s), self.padding, x),
+                (n, p, q), (self.stride, self.dilation, (1, 1), (1, 1)), self.groups,
+                epilogue, self.config, "conv2d forward",
+            )  # fmt: skip
+        preact = self.gemm(a, b, bias, y_nhwc, epilogue)
+        y = y if y is y_nhwc else y.copy_(y_nhwc)
+        return (y, preact) if epilogue.save_preact else y
+
+
+class _GemmInputGrad:
+    """The cp.async input gradient of one call signature: ``input_grad(grad_y, weight)``.
+
+    A weight with unit channel stride (channels-last) is read in place, transposed; any other
+    through a (C, K/groups, R, S) channels-last copy of its transpose.
+    """
+
+    def __init__(self, input_shape, stride, padding, dilation, groups, config):
+        self.input_shape = tuple(input_shape)
+        self.geometry = (stride, padding, dilation)
+        self.groups, self.config = groups, config
+        self.gemm: _ImplicitGemm | None = None
+
+    def _b(self, weight: Tensor) -> Tensor:
+        if weight.stride(1) == 1:
+            return weight
+        # group g's (C/groups, K/groups) block of the transposed weight, groups stacked
+        c, groups = self.input_shape[1], self.groups
+        k, c_g, r, s = weight.shape
+        b = weight.view(groups, k // groups, c_g, r, s).transpose(1, 2)
+        return b.reshape(c, k // groups, r, s).contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, grad_y: Tensor, weight: Tensor) -> Tensor:
+        n, c, h, w = self.input_shape
+        grad_x, grad_x_nhwc = nhwc_output(self.input_shape, grad_y)
+        if grad_x.numel() == 0:
+            return grad_x
+        if grad_y.numel() == 0:
+            return grad_x.zero_()
+        a, b = nhwc(grad_y), self._b(weight)
+        if self.gemm is None:
+            stride, padding, dilation = self.geometry
+            taps, rows_hw, tap_step, weight_step = dgrad_taps(
+                (h, w), weight.shape[2:], stride, padding, dilation, grad_y
+            )
+            self.gemm = _ImplicitGemm(
+                a, b, b is weight, False, grad_x_nhwc, taps, (n, *rows_hw),
+                ((1, 1), tap_step, weight_step, stride), self.groups, IDENTITY, self.config,
+                "conv2d input gradient",
+            )  # fmt: skip
+        self.gemm(a, b, None, grad_x_nhwc, IDENTITY)
+        return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)
+
+
+def _forward_plan(x, weight, stride, padding, dilation, output_size, groups, config):
+    """The path of a forward call: ``forward(x, weight, bias, epilogue)``."""
+    geometry = (stride, padding, dilation, output_size)
+    if config is None and is_depthwise(x.shape[1], weight.shape, groups):
+        return lambda x, w, b, epilogue: depthwise_fwd(x, w, b, *geometry, epilogue)
+    if groups == 1 and uses_stem_path(x.shape[1]):
+        return lambda x, w, b, epilogue: conv2d_stem_fwd(x, w, b, *geometry, epilogue, config)
+    if groups == 1 and config is None and tma_applies(x, weight, stride, padding, dilation, False):
+        return TmaForward(*geometry, None)
+    return _GemmForward(*geometry, groups, config)
+
+
+def _input_grad_plan(grad_y, weight, input_shape, stride, padding, dilation, groups, config):
+    """The path of an input-gradient call: ``input_grad(grad_y, weight)``."""
+    geometry = (stride, padding, dilation)
+    if config is None and is_depthwise(input_shape[1], weight.shape, groups):
+        return lambda g, w: depthwise_bwd_input(g, w, input_shape, *geometry)
+    if groups == 1 and config is None and tma_applies(grad_y, weight, *geometry, True):
+        return TmaInputGrad(input_shape, *geometry, None)
+    return _GemmInputGrad(input_shape, *geometry, groups, config)
+
+
+_FORWARD_PLANS = PlanCache()
+_INPUT_GRAD_PLANS = PlanCache()
 
 
 def conv2d_fwd(
@@ -355,28 +501,21 @@ def conv2d_fwd(
     convolution whose input rows are 16-byte multiples runs the TMA kernel
     (:mod:`fastconv.kernels.conv2d_tma`). ``config`` runs that autotune config of this
     module's kernel instead of the autotuner's choice.
+
+    The path and its launch are planned once per signature of the call (:mod:`fastconv.
+    kernels.plans`); a call with ``config`` plans afresh.
     """
-    n, c, h, w = x.shape
-    geometry = (stride, padding, dilation, output_size)
-    if config is None and is_depthwise(c, weight.shape, groups):  # a memory-bound direct kernel
-        return depthwise_fwd(x, weight, bias, *geometry, epilogue)
-    if groups == 1 and uses_stem_path(c):  # few channels: (r, s, c) folded into one reduction
-        return conv2d_stem_fwd(x, weight, bias, *geometry, epilogue, config)
-    if groups == 1 and config is None and tma_applies(x, weight, stride, padding, dilation, False):
-        return conv2d_fwd_tma(x, weight, bias, *geometry, epilogue)
-    k, _, r, s = weight.shape
-    p, q = output_size
-    y, y_nhwc = nhwc_output((n, k, p, q), x)
-    if y.numel() == 0:
-        return (y, y_nhwc) if epilogue.save_preact else y
-    taps = forward_taps((r, s), padding, x)
-    steps = (stride, dilation, (1, 1), (1, 1))
-    preact = _launch_implicit_gemm(
-        nhwc(x), nhwc(weight), bias, y_nhwc, taps, (n, p, q), steps, groups, epilogue,
-        config, "conv2d forward",
+    geometry = (stride, padding, dilation, output_size, groups)
+    if config is not None:
+        return _forward_plan(x, weight, *geometry, config)(x, weight, bias, epilogue)
+    key = (
+        signature(x), signature(weight), *geometry, bias is None, epilogue.signature(),
+        dot_precision(x.dtype),
     )  # fmt: skip
-    y = y if y is y_nhwc else y.copy_(y_nhwc)
-    return (y, preact) if epilogue.save_preact else y
+    plan = _FORWARD_PLANS.get(key)
+    if plan is None:
+        plan = _FORWARD_PLANS.put(key, _forward_plan(x, weight, *geometry, None))
+    return plan(x, weight, bias, epilogue)
 
 
 def conv2d_bwd_input(
@@ -392,39 +531,20 @@ def conv2d_bwd_input(
     """grad_x (N, C, H, W) of the conv from grad_y (N, K, P, Q) and weight (K, C/groups, R, S).
 
     ``grad_y`` is the gradient of the pre-activation (``fastconv.kernels.epilogue.
-    activation_bwd`` applied it). grad_x takes
-    grad_y's memory format; the kernel reads grad_y channels-last (copied once when it is
-    not) and the weight as (C, R, S, K). On sm_90, grad_y rows of 16-byte multiples take the
-    TMA kernel (:mod:`fastconv.kernels.conv2d_tma`) unless ``config`` is given.
+    activation_bwd`` applied it). grad_x takes grad_y's memory format; the kernel reads
+    grad_y channels-last (copied once when it is not) and the weight as (C, R, S, K): a
+    channels-last weight in place, any other through a transposed copy. On sm_90, grad_y
+    rows of 16-byte multiples take the TMA kernel (:mod:`fastconv.kernels.conv2d_tma`)
+    unless ``config`` is given. Planned once per signature, like :func:`conv2d_fwd`.
     """
-    if config is None and is_depthwise(input_shape[1], weight.shape, groups):
-        return depthwise_bwd_input(grad_y, weight, input_shape, stride, padding, dilation)
-    if (
-        groups == 1
-        and config is None
-        and tma_applies(grad_y, weight, stride, padding, dilation, True)
-    ):
-        return conv2d_bwd_input_tma(grad_y, weight, input_shape, stride, padding, dilation)
-    n, c, h, w = input_shape
-    k, _, r, s = weight.shape
-    grad_x, grad_x_nhwc = nhwc_output((n, c, h, w), grad_y)
-    if grad_x.numel() == 0:
-        return grad_x
-    if grad_y.numel() == 0:
-        return grad_x.zero_()
-    taps, rows_hw, tap_step, weight_step = dgrad_taps(
-        (h, w), (r, s), stride, padding, dilation, grad_y
-    )
-    steps = ((1, 1), tap_step, weight_step, stride)
-    # group g's (C/groups, K/groups) block of the transposed weight, groups stacked: (C, K/G, R, S)
-    k_g, c_g = k // groups, weight.shape[1]
-    weight_t = weight.view(groups, k_g, c_g, r, s).transpose(1, 2).reshape(c, k_g, r, s)
-    weight_t = weight_t.contiguous(memory_format=torch.channels_last)
-    _launch_implicit_gemm(
-        nhwc(grad_y), weight_t, None, grad_x_nhwc, taps, (n, *rows_hw), steps, groups,
-        IDENTITY, config, "conv2d input gradient",
-    )  # fmt: skip
-    return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)
+    geometry = (tuple(input_shape), stride, padding, dilation, groups)
+    if config is not None:
+        return _input_grad_plan(grad_y, weight, *geometry, config)(grad_y, weight)
+    key = (signature(grad_y), signature(weight), *geometry, dot_precision(grad_y.dtype))
+    plan = _INPUT_GRAD_PLANS.get(key)
+    if plan is None:
+        plan = _INPUT_GRAD_PLANS.put(key, _input_grad_plan(grad_y, weight, *geometry, None))
+    return plan(grad_y, weight)
 
 
 def conv2d_bwd_weight(

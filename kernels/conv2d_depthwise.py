@@ -44,7 +44,7 @@ from torch import Tensor
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
 from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue
-from fastconv.kernels.launch import checked_grid, launch, needs_int64
+from fastconv.kernels.launch import cdiv, checked_grid, launch, needs_int64
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
 
 __all__ = [
@@ -528,7 +528,7 @@ def depthwise_fwd(
     vec = _vec(k, c, *nhwc_strides(x_nhwc), *nhwc_strides(y_nhwc))
 
     def grid(meta):
-        tiles = triton.cdiv(n * p * q, meta["BLOCK_P"]) * triton.cdiv(k, meta["BLOCK_C"])
+        tiles = cdiv(n * p * q, meta["BLOCK_P"]) * cdiv(k, meta["BLOCK_C"])
         return checked_grid((tiles,), "depthwise conv2d forward")
 
     scale, residual, preact = epilogue.operands(y_nhwc)
@@ -573,7 +573,7 @@ def depthwise_bwd_input(
     vec = _vec(k, c, *nhwc_strides(gy), *nhwc_strides(grad_x_nhwc))
 
     def grid(meta):
-        tiles = triton.cdiv(n * h * w, meta["BLOCK_P"]) * triton.cdiv(c, meta["BLOCK_C"])
+        tiles = cdiv(n * h * w, meta["BLOCK_P"]) * cdiv(c, meta["BLOCK_C"])
         return checked_grid((tiles,), "depthwise conv2d input gradient")
 
     args = (
@@ -601,18 +601,18 @@ def depthwise_partition(
     and an fp32 workspace of at most WGRAD_MAX_WORKSPACE elements. No slice is empty.
     """
     q_block = min(triton.next_power_of_2(q), 16)
-    q_blocks = triton.cdiv(q, q_block)
+    q_blocks = cdiv(q, q_block)
     images = n * q_blocks
     if split is None:
-        per_slice = triton.cdiv(k, _NOMINAL_BLOCK_C) * images
+        per_slice = cdiv(k, _NOMINAL_BLOCK_C) * images
         split = min(
             max(1, WGRAD_TARGET_PROGRAMS // per_slice),
             max(1, WGRAD_MAX_WORKSPACE // max(1, images * k * (taps + 1))),
         )
     elif split < 1:
         raise ValueError(f"split must be at least 1, got split={split}")
-    rows_per_slice = triton.cdiv(p, min(split, p))
-    return q_block, q_blocks, rows_per_slice, triton.cdiv(p, rows_per_slice)
+    rows_per_slice = cdiv(p, min(split, p))
+    return q_block, q_blocks, rows_per_slice, cdiv(p, rows_per_slice)
 
 
 def depthwise_bwd_weight(
@@ -630,7 +630,8 @@ def depthwise_bwd_weight(
     (N, K, P, Q) (ReLU mask applied) and x (N, C, H, W), K = m*C.
 
     Deterministic: per-program partial sums in an fp32 workspace (PARTS, R*S, K), summed
-    afterwards and cast to x's dtype; grad_w is contiguous. ``split`` overrides the number
+    afterwards and cast to x's dtype; grad_w is channels-last, like every convolution's
+    weight gradient (its memory is the contiguous one: C is 1). ``split`` overrides the number
     of row slices per image (see :func:`depthwise_partition`), ``config`` the autotuner.
     """
     n, c, h, w = x.shape
@@ -639,7 +640,7 @@ def depthwise_bwd_weight(
     rows = n * p * q
     taps = r * s
     if rows == 0 or k * taps == 0:
-        grad_w = alloc.zeros((k, 1, r, s), dtype=x.dtype, device=x.device)
+        grad_w = alloc.zeros((k, r, s, 1), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
         grad_b = alloc.zeros((k,), dtype=x.dtype, device=x.device) if need_bias_grad else None
         return grad_w, grad_b
     gy, x_nhwc = nhwc(grad_y), nhwc(x)
@@ -653,9 +654,7 @@ def depthwise_bwd_weight(
     vec = _vec(k, c, *nhwc_strides(gy), *nhwc_strides(x_nhwc))
 
     def grid(meta):
-        return checked_grid(
-            (triton.cdiv(k, meta["BLOCK_C"]) * parts,), "depthwise conv2d weight gradient"
-        )
+        return checked_grid((cdiv(k, meta["BLOCK_C"]) * parts,), "depthwise conv2d weight gradient")
 
     args = (
         gy, x_nhwc, parts_w, parts_b, h, w, p, q, k, k, *stride, *padding, *dilation,
@@ -666,6 +665,8 @@ def depthwise_bwd_weight(
         INDEX_64=needs_int64(rows, gy, x_nhwc, parts_w), VEC=vec, Q_BLOCK=q_block,
     )  # fmt: skip
     launch(_TUNED_WGRAD[_kind(x.dtype)], _depthwise_wgrad_kernel, config, grid, args, meta)
-    grad_w = parts_w.sum(0).t().to(x.dtype).contiguous().view(k, 1, r, s)
+    grad_w = alloc.empty((k, 1, r, s), dtype=x.dtype, device=x.device,
+                         memory_format=torch.channels_last)  # fmt: skip
+    grad_w.view(k, r * s).copy_(parts_w.sum(0).t())
     grad_b = parts_b.sum(0).to(x.dtype) if need_bias_grad else None
     return grad_w, grad_b

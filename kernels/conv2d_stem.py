@@ -10,8 +10,9 @@ The launcher makes a zero-padded NHWC copy of x, ``x_pad`` (N, HP, WP, CP): the 
 padding becomes real zero rows and columns, the channels are padded to CP = 4 (or 8 for
 C > 4), so one tap of one pixel is CP consecutive, CP-aligned elements (8 bytes in
 fp16/bf16 at CP = 4): the loads are asynchronous copies (cp.async, ``LDGSTS``) instead of
-synchronous 2-byte gathers, and no tap needs a bounds test. The weight is reshaped once to
-``w_pad`` (K_PAD, RSC_PAD), zero in the padded channels, columns and output channels.
+synchronous 2-byte gathers, and no tap needs a bounds test. The weight is reshaped to
+``w_pad`` (K_PAD, RSC_PAD), zero in the padded channels, columns and output channels, once
+per version of the weight (:class:`fastconv.kernels.plans.WeightCache`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fastconv.kernels import alloc
 from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue
 from fastconv.kernels.launch import (
     INTERPRETER_CONFIGS,
+    cdiv,
     checked_grid,
     dot_kind,
     input_precision,
@@ -33,6 +35,7 @@ from fastconv.kernels.launch import (
     tile_config,
 )
 from fastconv.kernels.layout import memory_format_of
+from fastconv.kernels.plans import WeightCache
 
 __all__ = [
     "STEM_MAX_CHANNELS",
@@ -235,6 +238,9 @@ def pad_weight(weight: Tensor, cp: int) -> Tensor:
     return w_pad
 
 
+_PADDED_WEIGHTS = WeightCache()
+
+
 def conv2d_stem_fwd(
     x: Tensor,
     weight: Tensor,
@@ -274,11 +280,11 @@ def conv2d_stem_fwd(
     hp = (p - 1) * stride[0] + (r - 1) * dilation[0] + 1
     wp = (q - 1) * stride[1] + (s - 1) * dilation[1] + 1
     x_pad = pad_input(x, cp, padding, (hp, wp))
-    w_pad = pad_weight(weight, cp)
+    w_pad = _PADDED_WEIGHTS.get(weight, pad_weight, cp)  # once per version of the weight
     b = w_pad if bias is None else bias  # placeholder pointer, never read without HAS_BIAS
 
     def grid(meta):
-        tiles = triton.cdiv(n * p * q, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_N"])
+        tiles = cdiv(n * p * q, meta["BLOCK_M"]) * cdiv(k, meta["BLOCK_N"])
         return checked_grid((tiles,), "conv2d stem forward")
 
     precision = input_precision(x.dtype)

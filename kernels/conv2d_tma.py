@@ -31,7 +31,8 @@ transpose fold into the shared-memory descriptor. The pixel box is thus wgmma's 
 256 tile (BLOCK_N = 64 channels, a 16 x 16 box) is one HGMMA.64x256 per k-step. Both are
 host-side :class:`triton.tools.tensor_descriptor.TensorDescriptor` arguments whose
 ``block_shape`` an autotune ``pre_hook`` sets per config (Triton's persistent-matmul tutorial
-does the same); no device allocator is needed. The epilogue (bias in the initial
+does the same) and, once the autotuner has chosen, the signature's plan (:class:`_TmaGemm`);
+no device allocator is needed. The epilogue (bias in the initial
 accumulator, ReLU with torch's NaN semantics, masked NHWC store of the partial box) is the
 generic kernel's. TMA needs every stride but the last to be a multiple of 16 bytes and a
 16-byte-aligned base: :func:`tma_applies` says when a call qualifies; the caller falls back
@@ -48,11 +49,21 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels.epilogue import IDENTITY, Epilogue, fused_epilogue, tile_fits_epilogue
-from fastconv.kernels.launch import checked_grid, dot_kind, input_precision, needs_int64
+from fastconv.kernels.launch import (
+    WIDE_TILES_ENABLED,
+    cdiv,
+    checked_grid,
+    dot_kind,
+    input_precision,
+    needs_int64,
+)
 from fastconv.kernels.layout import nhwc, nhwc_output, nhwc_strides
+from fastconv.kernels.plans import TunedLaunch
 from fastconv.kernels.taps import dgrad_taps, forward_taps, load_phase_taps
 
 __all__ = [
+    "TmaForward",
+    "TmaInputGrad",
     "conv2d_bwd_input_tma",
     "conv2d_fwd_tma",
     "tma_applies",
@@ -84,6 +95,13 @@ TMA_TILES = {
         (8, 8, 64, 32, 4, 4),
     ],
 }
+# Two warpgroups (8 warps), appended behind the wide-tiles switch (launch.WIDE_TILES_ENABLED):
+# 128 pixels (an 8 x 16 box) x 256 channels and 256 pixels (16 x 16) x 128 channels, 128
+# accumulator registers per thread.
+TMA_WIDE_TILES = {
+    "fp16": [(8, 16, 256, 64, 4, 8), (16, 16, 128, 64, 4, 8)],
+    "tf32": [(8, 16, 256, 32, 4, 8), (16, 16, 128, 32, 4, 8)],
+}
 _MAX_BLOCK_K = 64
 
 # Under the interpreter an autotuner would time configs with CUDA events: one config only.
@@ -92,10 +110,7 @@ _INTERPRETER_TILE = (4, 8, 16, 16, 1, 1)
 
 def _set_block_shapes(nargs: dict) -> None:
     """Autotune pre_hook: the descriptors' boxes follow the config's tile."""
-    block_k, block_n = nargs["BLOCK_K"], nargs["BLOCK_N"]
-    nargs["a_desc"].block_shape = [1, nargs["BP"], nargs["BQ"], block_k]
-    transposed = nargs["WEIGHT_TRANSPOSED"]
-    nargs["b_desc"].block_shape = [block_k, block_n] if transposed else [block_n, block_k]
+    nargs["a_desc"].block_shape, nargs["b_desc"].block_shape = _boxes(nargs)
 
 
 def _tma_config(bp, bq, block_n, block_k, stages, warps) -> triton.Config:
@@ -103,12 +118,16 @@ def _tma_config(bp, bq, block_n, block_k, stages, warps) -> triton.Config:
     return triton.Config(meta, num_stages=stages, num_warps=warps, pre_hook=_set_block_shapes)
 
 
-def tma_configs(kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER) -> list[triton.Config]:
+def tma_configs(
+    kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER, wide: bool = WIDE_TILES_ENABLED
+) -> list[triton.Config]:
     """Configs of the TMA implicit GEMM for a dot ``kind``: "fp16" (fp16, bf16) or "tf32".
-    ``interpreter=False`` gives the GPU list even under the interpreter (tests run them all)."""
+    ``interpreter=False`` gives the GPU list even under the interpreter (tests run them all);
+    ``wide`` appends the 8-warp tiles (default: the ``FASTCONV_WIDE_TILES`` switch)."""
     if interpreter:
         return [_tma_config(*_INTERPRETER_TILE)]
-    return [_tma_config(*tile) for tile in TMA_TILES[kind]]
+    tiles = TMA_TILES[kind] + (TMA_WIDE_TILES[kind] if wide else [])
+    return [_tma_config(*tile) for tile in tiles]
 
 
 def _fit_block_k(config: triton.Config, cpad: int) -> triton.Config:
@@ -128,7 +147,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
 
     def useful(c: triton.Config) -> bool:
         bp, bq, block_n = c.kwargs["BP"], c.kwargs["BQ"], c.kwargs["BLOCK_N"]
-        covered = triton.cdiv(rows_h, bp) * bp * triton.cdiv(rows_w, bq) * bq
+        covered = cdiv(rows_h, bp) * bp * cdiv(rows_w, bq) * bq
         return (
             block_n <= max(64, 2 * cout)
             and covered <= 2 * rows_h * rows_w
@@ -319,9 +338,9 @@ def _descriptor_ok(t: Tensor) -> bool:
 
 
 def _weight_ok(weight: Tensor) -> bool:
-    """Whether ``weight`` (K, C, R, S), read through :func:`_weight_descriptor`, is a valid
-    TMA tensor: C a multiple of 16 bytes, and a 16-byte-aligned base when it is read in
-    place (already channels-last; otherwise a fresh copy is read)."""
+    """Whether ``weight`` (K, C, R, S), read as the (K, R*S*C) matrix of its channels-last
+    memory, is a valid TMA tensor: C a multiple of 16 bytes, and a 16-byte-aligned base when
+    it is read in place (already channels-last; otherwise a fresh copy is read)."""
     if weight.shape[1] * weight.element_size() % 16:
         return False
     in_place = weight.is_contiguous(memory_format=torch.channels_last)
@@ -364,16 +383,16 @@ def tma_applies(
 # --------------------------------------------------------------------------- launchers
 
 
-def _descriptor(t: Tensor) -> TensorDescriptor:
-    """(N, C, H, W) channels-contiguous ``t`` as a 4-D (N, H, W, C) descriptor; the box is set
-    per config by :func:`_set_block_shapes`. Size-1 dims get a dense stride (any value is
-    valid for them; TMA wants a positive multiple of 16 bytes)."""
+def _pixel_layout(t: Tensor) -> tuple[list[int], list[int]]:
+    """(shape, strides) of (N, C, H, W) channels-contiguous ``t`` as a 4-D (N, H, W, C)
+    descriptor. Size-1 dims get a dense stride (any value is valid for them; TMA wants a
+    positive multiple of 16 bytes)."""
     n, c, h, w = t.shape
     sn, sh, sw = nhwc_strides(t)
     sw = sw or c
     sh = sh or sw * w
     sn = sn or sh * h
-    return TensorDescriptor(t, [n, h, w, c], [sn, sh, sw, 1], [1, 1, 1, 16])
+    return [n, h, w, c], [sn, sh, sw, 1]
 
 
 def _channel_pad(cin: int) -> int:
@@ -382,57 +401,138 @@ def _channel_pad(cin: int) -> int:
     for size in (16, 32):
         if cin <= size:
             return size
-    return triton.cdiv(cin, _MAX_BLOCK_K) * _MAX_BLOCK_K
+    return cdiv(cin, _MAX_BLOCK_K) * _MAX_BLOCK_K
 
 
-def _weight_descriptor(weight: Tensor) -> TensorDescriptor:
-    """The weight (K, C, R, S) as the 2-D (K, R*S*C) descriptor of its channels-last memory
-    (a channels-last copy first when it is not laid out so); the box is set per config by
-    :func:`_set_block_shapes`."""
-    w = weight.contiguous(memory_format=torch.channels_last)
-    k, c, r, s = w.shape
-    return TensorDescriptor(w, [k, r * s * c], [r * s * c, 1], [16, 16])
+def _boxes(meta: dict) -> tuple[list[int], list[int]]:
+    """The (pixel, weight) descriptor boxes of a launch's tile: ``meta`` holds the config's BP,
+    BQ, BLOCK_N, BLOCK_K and the launch's WEIGHT_TRANSPOSED."""
+    block_k, block_n = meta["BLOCK_K"], meta["BLOCK_N"]
+    weight_box = [block_k, block_n] if meta["WEIGHT_TRANSPOSED"] else [block_n, block_k]
+    return [1, meta["BP"], meta["BQ"], block_k], weight_box
 
 
-def _launch_tma(
-    a, weight, transposed, bias, out, taps, rows, steps, epilogue, config, what
-) -> Tensor | None:
-    """Launch the TMA implicit GEMM on ``weight`` (K, C, R, S), read transposed for the input
-    gradient (``transposed``); ``rows`` = (N, ROWS_H, ROWS_W), ``steps`` = (tap, weight,
-    out) steps, each an (h, w) pair (the row step is 1). Returns the pre-activation buffer
-    when ``epilogue.save_preact``, else None."""
-    n, rows_h, rows_w = rows
-    tap_step, weight_step, out_step = steps
-    phases = taps.shape[0]
-    cout = out.shape[1]
+# Boxes of the descriptors that a signature's first launch builds before the autotuner has
+# chosen its tile (its pre_hook, _set_block_shapes, then sets the real ones).
+_UNTUNED_BOXES = ([1, 1, 1, 16], [16, 16])
 
-    def grid(meta):
-        boxes = triton.cdiv(rows_h, meta["BP"]) * triton.cdiv(rows_w, meta["BQ"])
-        return checked_grid((n * boxes * phases * triton.cdiv(cout, meta["BLOCK_N"]),), what)
 
-    a_desc, b_desc = _descriptor(a), _weight_descriptor(weight)
-    scale, residual, preact = epilogue.operands(out)
-    args = (
-        a_desc, b_desc, bias if bias is not None else out, out, taps,
-        scale, residual, out if preact is None else preact, epilogue.negative_slope,
-        rows_h, rows_w, a.shape[1], weight.shape[1], weight.shape[3], cout, out.shape[2],
-        out.shape[3], phases,
-        *tap_step, *weight_step, *out_step, *nhwc_strides(out),
-    )  # fmt: skip
-    meta = dict(
-        HAS_BIAS=bias is not None, **epilogue.meta(), INPUT_PRECISION=input_precision(a.dtype),
-        WEIGHT_TRANSPOSED=transposed, INDEX_64=needs_int64(n * rows_h * rows_w, out),
-    )  # fmt: skip
-    if config is None:
-        _TUNED[dot_kind(a.dtype)][grid](*args, **meta)
+class _TmaGemm:
+    """The TMA implicit GEMM of one call signature: its grid, scalar arguments, constexprs,
+    descriptor layouts and autotuned tile, computed from the first call's tensors.
+
+    ``a`` is the (N, C, H, W) a-operand with unit channel stride, ``weight`` the (K, C, R, S)
+    channels-last weight, read transposed for the input gradient (``transposed``); ``rows`` =
+    (N, ROWS_H, ROWS_W), ``steps`` = (tap, weight, out) steps, each an (h, w) pair (the row
+    step is 1); ``out`` the channels-last output. ``config`` fixes the tile (tests).
+    """
+
+    def __init__(
+        self, a, weight, transposed, has_bias, out, taps, rows, steps, epilogue, config, what
+    ):
+        n, rows_h, rows_w = rows
+        tap_step, weight_step, out_step = steps
+        phases = taps.shape[0]
+        cout = out.shape[1]
+        k, c, r, s = weight.shape
+        self.taps = taps
+        self.pixel_layout = _pixel_layout(a)
+        self.weight_layout = ([k, r * s * c], [r * s * c, 1])  # its channels-last memory
+        self.scalars = (
+            rows_h, rows_w, a.shape[1], c, s, cout, out.shape[2], out.shape[3], phases,
+            *tap_step, *weight_step, *out_step, *nhwc_strides(out),
+        )  # fmt: skip
+        meta = dict(
+            HAS_BIAS=has_bias, **epilogue.meta(), INPUT_PRECISION=input_precision(a.dtype),
+            WEIGHT_TRANSPOSED=transposed, INDEX_64=needs_int64(n * rows_h * rows_w, out),
+        )  # fmt: skip
+
+        def grid(meta):
+            boxes = cdiv(rows_h, meta["BP"]) * cdiv(rows_w, meta["BQ"])
+            return checked_grid((n * boxes * phases * cdiv(cout, meta["BLOCK_N"]),), what)
+
+        if config is not None:
+            config = _fit_block_k(config, _channel_pad(a.shape[1]))
+        kernel = _tma_implicit_gemm_kernel
+        self.launch = TunedLaunch(_TUNED[dot_kind(a.dtype)], kernel, grid, meta, config)
+        self.boxes = _boxes(self.launch.meta) if config is not None else _UNTUNED_BOXES
+
+    def __call__(self, a, weight, bias, out, epilogue: Epilogue) -> Tensor | None:
+        """Launch on this call's tensors; the pre-activation buffer when
+        ``epilogue.save_preact``, else None."""
+        pixel_box, weight_box = self.boxes
+        a_desc = TensorDescriptor(a, *self.pixel_layout, pixel_box)
+        b_desc = TensorDescriptor(weight, *self.weight_layout, weight_box)
+        scale, residual, preact = epilogue.operands(out)
+        self.launch(
+            a_desc, b_desc, out if bias is None else bias, out, self.taps,
+            scale, residual, out if preact is None else preact, epilogue.negative_slope,
+            *self.scalars,
+        )  # fmt: skip
+        if self.boxes is _UNTUNED_BOXES and self.launch.config is not None:  # tile chosen
+            self.boxes = _boxes(self.launch.meta)
         return preact
-    config = _fit_block_k(config, _channel_pad(a.shape[1]))
-    _set_block_shapes({"a_desc": a_desc, "b_desc": b_desc, **meta, **config.kwargs})
-    _tma_implicit_gemm_kernel[grid](
-        *args, **meta, **config.kwargs,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )  # fmt: skip
-    return preact
+
+
+class TmaForward:
+    """:func:`conv2d_fwd_tma` for one call signature (``fastconv.kernels.conv2d`` keeps one per
+    signature): ``forward(x, weight, bias, epilogue)``."""
+
+    def __init__(self, stride: Pair, padding: Pair, dilation: Pair, output_size: Pair, config):
+        if tuple(stride) != (1, 1):
+            raise ValueError("conv2d_fwd_tma: the forward's TMA boxes need stride 1")
+        self.padding, self.dilation, self.output_size = padding, dilation, output_size
+        self.config = config
+        self.gemm: _TmaGemm | None = None
+
+    def __call__(self, x, weight, bias, epilogue: Epilogue) -> Tensor | tuple[Tensor, Tensor]:
+        n = x.shape[0]
+        k, _, r, s = weight.shape
+        p, q = self.output_size
+        y, y_nhwc = nhwc_output((n, k, p, q), x)
+        if y.numel() == 0:
+            return (y, y_nhwc) if epilogue.save_preact else y
+        a, weight = nhwc(x), weight.contiguous(memory_format=torch.channels_last)
+        if self.gemm is None:
+            self.gemm = _TmaGemm(
+                a, weight, False, bias is not None, y_nhwc,
+                forward_taps((r, s), self.padding, x), (n, p, q),
+                (self.dilation, (1, 1), (1, 1)), epilogue, self.config, "conv2d forward (TMA)",
+            )  # fmt: skip
+        preact = self.gemm(a, weight, bias, y_nhwc, epilogue)
+        y = y if y is y_nhwc else y.copy_(y_nhwc)
+        return (y, preact) if epilogue.save_preact else y
+
+
+class TmaInputGrad:
+    """:func:`conv2d_bwd_input_tma` for one call signature: ``input_grad(grad_y, weight)``."""
+
+    def __init__(self, input_shape, stride: Pair, padding: Pair, dilation: Pair, config):
+        self.input_shape = tuple(input_shape)
+        self.geometry = (stride, padding, dilation)
+        self.config = config
+        self.gemm: _TmaGemm | None = None
+
+    def __call__(self, grad_y: Tensor, weight: Tensor) -> Tensor:
+        n, c, h, w = self.input_shape
+        grad_x, grad_x_nhwc = nhwc_output(self.input_shape, grad_y)
+        if grad_x.numel() == 0:
+            return grad_x
+        if grad_y.numel() == 0:
+            return grad_x.zero_()
+        a, weight = nhwc(grad_y), weight.contiguous(memory_format=torch.channels_last)
+        if self.gemm is None:
+            stride, padding, dilation = self.geometry
+            taps, rows_hw, tap_step, weight_step = dgrad_taps(
+                (h, w), weight.shape[2:], stride, padding, dilation, grad_y
+            )
+            self.gemm = _TmaGemm(
+                a, weight, True, False, grad_x_nhwc, taps, (n, *rows_hw),
+                (tap_step, weight_step, stride), IDENTITY, self.config,
+                "conv2d input gradient (TMA)",
+            )  # fmt: skip
+        self.gemm(a, weight, None, grad_x_nhwc, IDENTITY)
+        return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)
 
 
 def conv2d_fwd_tma(
@@ -448,23 +548,8 @@ def conv2d_fwd_tma(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`fastconv.kernels.conv2d.conv2d_fwd` through TMA boxes; only where
     ``tma_applies(x, weight, stride, padding, dilation, transposed=False)`` (stride 1)."""
-    if tuple(stride) != (1, 1):
-        raise ValueError("conv2d_fwd_tma: the forward's TMA boxes need stride 1")
-    n, c, h, w = x.shape
-    k, _, r, s = weight.shape
-    p, q = output_size
-    y, y_nhwc = nhwc_output((n, k, p, q), x)
-    if y.numel() == 0:
-        return (y, y_nhwc) if epilogue.save_preact else y
-    taps = forward_taps((r, s), padding, x)
-    steps = (dilation, (1, 1), (1, 1))
-    preact = _launch_tma(
-        nhwc(x), weight, False, bias, y_nhwc, taps, (n, p, q), steps,
-        epilogue, config,
-        "conv2d forward (TMA)",
-    )  # fmt: skip
-    y = y if y is y_nhwc else y.copy_(y_nhwc)
-    return (y, preact) if epilogue.save_preact else y
+    forward = TmaForward(stride, padding, dilation, output_size, config)
+    return forward(x, weight, bias, epilogue)
 
 
 def conv2d_bwd_input_tma(
@@ -478,21 +563,4 @@ def conv2d_bwd_input_tma(
 ) -> Tensor:
     """:func:`fastconv.kernels.conv2d.conv2d_bwd_input` through TMA boxes; only where
     ``tma_applies(grad_y, weight, stride, padding, dilation, transposed=True)``."""
-    n, c, h, w = input_shape
-    k, _, r, s = weight.shape
-    grad_x, grad_x_nhwc = nhwc_output((n, c, h, w), grad_y)
-    if grad_x.numel() == 0:
-        return grad_x
-    if grad_y.numel() == 0:
-        return grad_x.zero_()
-    taps, rows_hw, tap_step, weight_step = dgrad_taps(
-        (h, w), (r, s), stride, padding, dilation, grad_y
-    )
-    steps = (tap_step, weight_step, stride)
-    rows = (n, *rows_hw)
-    _launch_tma(
-        nhwc(grad_y), weight, True, None, grad_x_nhwc, taps, rows, steps,
-        IDENTITY, config,
-        "conv2d input gradient (TMA)",
-    )  # fmt: skip
-    return grad_x if grad_x is grad_x_nhwc else grad_x.copy_(grad_x_nhwc)
+    return TmaInputGrad(input_shape, stride, padding, dilation, config)(grad_y, weight)

@@ -22,14 +22,22 @@ from fastconv.kernels import alloc
 from fastconv.kernels.launch import (
     INTERPRETER_CONFIGS,
     MAX_GRID,
+    WIDE_TILES_ENABLED,
+    cdiv,
     checked_grid,
     dot_kind,
     input_precision,
-    launch,
     needs_int64,
     tile_config,
 )
 from fastconv.kernels.layout import nhwc, nhwc_strides
+from fastconv.kernels.plans import (
+    PlanCache,
+    TunedLaunch,
+    dot_precision,
+    planning_tensor,
+    signature,
+)
 
 __all__ = ["conv2d_bwd_weight", "wgrad_configs", "wgrad_partition", "wgrad_split"]
 
@@ -48,6 +56,15 @@ WGRAD_TILES = [  # (output channels, input channels of one tap, output pixels, s
     (64, 64, 64, 4, 4),
     (64, 32, 64, 4, 4),  # few input channels (the C=3 stem, padded to 16)
 ]
+# Two warpgroups (8 warps) per dot kind, appended behind the wide-tiles switch
+# (launch.WIDE_TILES_ENABLED). BLOCK_K 32 (fp16) and 16 (tf32): at 64 / 32 (3 stages) both
+# spilled 24-104 bytes on sm_80; tf32 256x128 spilled 8 bytes on sm_80 even at 16. IEEE fp32
+# dots run on FMA units: no warpgroup MMA to widen.
+WGRAD_WIDE_TILES = {
+    "fp16": [(128, 256, 32, 4, 8), (256, 128, 32, 4, 8)],
+    "tf32": [(128, 256, 16, 4, 8)],
+    "ieee": [],
+}
 # The kernel reads channels padded to a multiple of this (see _nhwc).
 _CHANNEL_MULTIPLE = 16
 # Largest BLOCK_K per dot kind: fp32 operands take twice the shared memory of fp16 per stage
@@ -57,14 +74,16 @@ MAX_BLOCK_K = {"fp16": 64, "tf32": 32, "ieee": 16}
 
 
 def wgrad_configs(
-    kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER
+    kind: str = "fp16", interpreter: bool = TRITON_INTERPRETER, wide: bool = WIDE_TILES_ENABLED
 ) -> list[triton.Config]:
     """wgrad configs for a dot ``kind``: "fp16" (fp16 and bf16), "tf32" or "ieee" (fp32 with
-    tf32 off). ``interpreter=False`` gives the GPU list even under the interpreter."""
+    tf32 off). ``interpreter=False`` gives the GPU list even under the interpreter; ``wide``
+    appends the 8-warp tiles (default: the ``FASTCONV_WIDE_TILES`` switch)."""
     if interpreter:
         return INTERPRETER_CONFIGS
     cap = MAX_BLOCK_K[kind]
-    return [tile_config(m, n, min(k, cap), s, w) for m, n, k, s, w in WGRAD_TILES]
+    configs = [tile_config(m, n, min(k, cap), s, w) for m, n, k, s, w in WGRAD_TILES]
+    return configs + [tile_config(*tile) for tile in (WGRAD_WIDE_TILES[kind] if wide else [])]
 
 
 @triton.jit
@@ -246,7 +265,7 @@ _TUNED = {
 def wgrad_split(rows: int, weight_numel: int) -> int:
     """How many programs share the N*P*Q reduction of wgrad (split-K), at least 1."""
     weight_numel = max(1, weight_numel)
-    by_rows = triton.cdiv(rows, WGRAD_ROWS_PER_SPLIT)
+    by_rows = cdiv(rows, WGRAD_ROWS_PER_SPLIT)
     by_workspace = WGRAD_MAX_WORKSPACE // weight_numel
     by_programs = WGRAD_TARGET_PROGRAMS * WGRAD_NOMINAL_TILE // weight_numel
     return max(1, min(by_rows, by_workspace, by_programs, MAX_GRID[2]))
@@ -266,8 +285,8 @@ def wgrad_partition(rows: int, weight_numel: int, split: int | None = None) -> t
     elif split < 1:
         raise ValueError(f"split must be at least 1, got split={split}")
     # The split is grid axis 2: at most 65,535 programs, whatever was asked for.
-    rows_per_split = triton.cdiv(rows, min(split, rows, MAX_GRID[2]))
-    return rows_per_split, triton.cdiv(rows, rows_per_split)
+    rows_per_split = cdiv(rows, min(split, rows, MAX_GRID[2]))
+    return rows_per_split, cdiv(rows, rows_per_split)
 
 
 def _nhwc(t: Tensor, groups: int) -> Tensor:
@@ -283,12 +302,89 @@ def _nhwc(t: Tensor, groups: int) -> Tensor:
     """
     n, c, h, w = t.shape
     per_group = c // groups
-    padded_group = triton.cdiv(per_group, _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
+    padded_group = cdiv(per_group, _CHANNEL_MULTIPLE) * _CHANNEL_MULTIPLE
     if padded_group == per_group:
         return nhwc(t)
     padded = alloc.zeros((n, h, w, groups, padded_group), dtype=t.dtype, device=t.device)
     padded[..., :per_group] = t.view(n, groups, per_group, h, w).permute(0, 3, 4, 1, 2)
     return padded.view(n, h, w, groups * padded_group).permute(0, 3, 1, 2)
+
+
+class _Wgrad:
+    """The weight gradient of one call signature: its partition, buffers, grid, scalar
+    arguments, constexprs and autotuned tile, computed from the first call's tensors (``g``
+    and ``x`` as :func:`_nhwc` gives them).
+
+    An unsplit reduction without padding channels writes grad_w and grad_b themselves: the
+    kernel's (K, R*S*C) rows are the channels-last (K, C, R, S) weight.
+    """
+
+    def __init__(self, g, x, rows, weight_shape, geometry, need_bias_grad, groups, split, config):
+        n, _, h, w = x.shape
+        k, c, r, s = weight_shape  # c: input channels per group
+        p, q = g.shape[2:]
+        self.k_pad, self.c_pad = g.shape[1] // groups, x.shape[1] // groups  # per group
+        rows_per_split, split = wgrad_partition(rows, k * c * r * s, split)
+        self.weight_shape, self.groups, self.need_bias_grad = (k, c, r, s), groups, need_bias_grad
+        self.direct = split == 1 and (self.k_pad, self.c_pad) == (k // groups, c)
+        # Split-K parts are fp32 and summed afterwards; an unsplit reduction is stored in x's
+        # dtype. Every element is written by exactly one program: no zero-fill needed.
+        self.parts_shape = (split, groups * self.k_pad, r * s * self.c_pad)
+        self.parts_dtype = x.dtype if split == 1 else torch.float32
+        self.scalars = (
+            n, self.c_pad, h, w, self.k_pad, p, q, *geometry, rows_per_split, groups,
+            *nhwc_strides(g), *nhwc_strides(x),
+        )  # fmt: skip
+        parts = planning_tensor(self.parts_shape, self.parts_dtype)
+        meta = dict(
+            R=r, S=s, BIAS_GRAD=need_bias_grad, INPUT_PRECISION=input_precision(x.dtype),
+            INDEX_64=needs_int64(rows, g, x, parts),
+        )  # fmt: skip
+        k_pad, c_pad = self.k_pad, self.c_pad
+
+        def grid(meta):
+            blocks = cdiv(k_pad, meta["BLOCK_M"]) * r * s * cdiv(c_pad, meta["BLOCK_N"])
+            return checked_grid((blocks * groups, 1, split), "conv2d weight gradient")
+
+        tuned = _TUNED[dot_kind(x.dtype)]
+        self.launch = TunedLaunch(tuned, _conv2d_bwd_weight_kernel, grid, meta, config)
+
+    def _buffers(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(grad_w or its parts, grad_b or its parts; grad_w's buffer without a bias)."""
+        k, c, r, s = self.weight_shape
+        dtype, device = self.parts_dtype, x.device
+        if self.direct:
+            grad_w = alloc.empty((k, c, r, s), dtype=dtype, device=device,
+                                 memory_format=torch.channels_last)  # fmt: skip
+            grad_b = alloc.empty((k,), dtype=dtype, device=device) if self.need_bias_grad else None
+            return grad_w, grad_w if grad_b is None else grad_b
+        parts_w = alloc.empty(self.parts_shape, dtype=dtype, device=device)
+        if not self.need_bias_grad:  # an unwritten stand-in pointer
+            return parts_w, parts_w
+        return parts_w, alloc.empty(self.parts_shape[:2], dtype=dtype, device=device)
+
+    def __call__(self, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(grad_w, grad_b or None) from ``g`` and ``x`` as :func:`_nhwc` gives them."""
+        out_dtype = x.dtype
+        parts_w, parts_b = self._buffers(x)
+        self.launch(g, x, parts_w, parts_b, *self.scalars)
+        if self.direct:
+            return parts_w, parts_b if self.need_bias_grad else None
+        k, c, r, s = self.weight_shape
+        k_g = k // self.groups
+        grad_w = parts_w[0] if parts_w.shape[0] == 1 else parts_w.sum(0)
+        # (K, R, S, C) as reduced is the channels-last (K, C, R, S): padding channels or
+        # groups cut out make it one copy
+        grad_w = grad_w.view(self.groups, self.k_pad, r, s, self.c_pad)[:, :k_g, :, :, :c]
+        grad_w = grad_w.reshape(k, r, s, c).permute(0, 3, 1, 2)
+        grad_w = grad_w.contiguous(memory_format=torch.channels_last).to(out_dtype)
+        if not self.need_bias_grad:
+            return grad_w, None
+        grad_b = parts_b[0] if parts_b.shape[0] == 1 else parts_b.sum(0)
+        return grad_w, grad_b.view(self.groups, self.k_pad)[:, :k_g].reshape(k).to(out_dtype)
+
+
+_PLANS = PlanCache()
 
 
 def conv2d_bwd_weight(
@@ -311,56 +407,29 @@ def conv2d_bwd_weight(
     they are not already). The N*P*Q reduction is split across programs into an fp32
     workspace, then summed and cast to x's dtype (unsplit, the programs store the result in
     x's dtype directly: nothing to sum or cast); ``split`` overrides the number of
-    programs (see :func:`wgrad_partition`) and
-    ``config`` the autotuner's choice of config. grad_w is contiguous (K, C, R, S).
+    programs (see :func:`wgrad_partition`) and ``config`` the autotuner's choice of config.
+    grad_w (K, C, R, S) is channels-last, the order the kernel reduces in: no reordering
+    copy (autograd copies it into a contiguous parameter's ``.grad``; a channels_last
+    parameter takes it as it is). Planned once per signature of the call
+    (:mod:`fastconv.kernels.plans`); a call with ``config`` plans afresh.
     """
     n, _, h, w = x.shape
     k, c, r, s = weight_shape  # c: input channels per group
     p, q = grad_y.shape[2:]
     rows = n * p * q
-    crs = c * r * s
-    if rows == 0 or k * crs == 0:  # an empty reduction or an empty weight
-        grad_w = alloc.zeros((k, c, r, s), dtype=x.dtype, device=x.device)
+    if rows == 0 or k * c * r * s == 0:  # an empty reduction or an empty weight
+        grad_w = alloc.zeros((k, r, s, c), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
         grad_b = alloc.zeros((k,), dtype=x.dtype, device=x.device) if need_bias_grad else None
         return grad_w, grad_b
+    geometry = (*stride, *padding, *dilation)
+    key = (signature(grad_y), signature(x), tuple(weight_shape), geometry, need_bias_grad,
+           groups, split, dot_precision(x.dtype))  # fmt: skip
+    plan = _PLANS.get(key) if config is None else None
     grad_y, x = _nhwc(grad_y, groups), _nhwc(x, groups)
-    k_pad, c_pad = grad_y.shape[1] // groups, x.shape[1] // groups  # per group
-    rows_per_split, split = wgrad_partition(rows, k * crs, split)
-    # Every element of the workspaces is written by exactly one program: no zero-fill needed.
-    # Split-K parts are fp32 and summed afterwards; an unsplit reduction is stored in x's
-    # dtype, so nothing is left to sum or cast.
-    parts_shape = (split, groups * k_pad, r * s * c_pad)
-    parts_dtype = x.dtype if split == 1 else torch.float32
-    grad_w_parts = alloc.empty(parts_shape, dtype=parts_dtype, device=x.device)
-    grad_b_parts = (  # with no bias gradient, an unwritten stand-in pointer
-        alloc.empty((split, groups * k_pad), dtype=parts_dtype, device=x.device)
-        if need_bias_grad
-        else grad_w_parts
-    )
-
-    def grid(meta):
-        blocks = triton.cdiv(k_pad, meta["BLOCK_M"]) * r * s * triton.cdiv(c_pad, meta["BLOCK_N"])
-        return checked_grid((blocks * groups, 1, split), "conv2d weight gradient")
-
-    precision = input_precision(x.dtype)
-    tuned = _TUNED[dot_kind(x.dtype)]
-    args = (
-        grad_y, x, grad_w_parts, grad_b_parts,
-        n, c_pad, h, w, k_pad, p, q, *stride, *padding, *dilation, rows_per_split, groups,
-        *nhwc_strides(grad_y), *nhwc_strides(x),
-    )  # fmt: skip
-    meta = dict(
-        R=r, S=s, BIAS_GRAD=need_bias_grad,
-        INPUT_PRECISION=precision, INDEX_64=needs_int64(rows, grad_y, x, grad_w_parts),
-    )  # fmt: skip
-    launch(tuned, _conv2d_bwd_weight_kernel, config, grid, args, meta)
-    k_g = k // groups
-    grad_w = grad_w_parts[0] if split == 1 else grad_w_parts.sum(0)
-    grad_w = grad_w.view(groups, k_pad, r, s, c_pad)[:, :k_g, :, :, :c]
-    grad_w = grad_w.permute(0, 1, 4, 2, 3).reshape(k, c, r, s)
-    grad_w = grad_w.to(x.dtype, memory_format=torch.contiguous_format)
-    grad_b = None
-    if need_bias_grad:
-        grad_b = grad_b_parts[0] if split == 1 else grad_b_parts.sum(0)
-        grad_b = grad_b.view(groups, k_pad)[:, :k_g].reshape(k).to(x.dtype)
-    return grad_w, grad_b
+    if plan is None:
+        plan = _Wgrad(
+            grad_y, x, rows, (k, c, r, s), geometry, need_bias_grad, groups, split, config
+        )
+        if config is None:
+            _PLANS.put(key, plan)
+    return plan(grad_y, x)

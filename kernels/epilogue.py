@@ -17,7 +17,7 @@ stores (``SAVE_PREACT``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import triton
 import triton.language as tl
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
-from fastconv.kernels.launch import checked_grid, needs_int64
+from fastconv.kernels.launch import cdiv, checked_grid, needs_int64
 from fastconv.kernels.layout import memory_format_of
 
 __all__ = [
@@ -44,14 +44,14 @@ _INV_SQRT_2PI = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))
 _GELU_TANH_CUBIC = tl.constexpr(0.044715)
 
 
-@dataclass(frozen=True)
-class Epilogue:
+class Epilogue(NamedTuple):
     """What a forward kernel applies after the reduction, before its store.
 
     ``scale`` (K,) multiplies each output channel before ``bias``; ``residual`` has the
     output's shape (N, K, P, Q); ``activation`` is a name of
     :data:`fastconv.activations.ACTIVATIONS` (``negative_slope`` is leaky_relu's). With
-    ``save_preact`` the launcher also returns ``z``, the value before the activation.
+    ``save_preact`` the launcher also returns ``z``, the value before the activation. A
+    NamedTuple: one is made per call, and a frozen dataclass took several times as long.
     """
 
     activation: str = "identity"
@@ -72,6 +72,11 @@ class Epilogue:
                 out.shape, dtype=out.dtype, device=out.device, memory_format=memory_format_of(out)
             )
         return scale, residual, preact
+
+    def signature(self) -> tuple:
+        """What a launch plan reads from the epilogue (:mod:`fastconv.kernels.plans`): the
+        activation and which operands there are; the tensors and the slope are per call."""
+        return self.activation, self.scale is None, self.residual is None, self.save_preact
 
     def meta(self) -> dict:
         """The constexpr flags of :func:`fused_epilogue` for a kernel's launch."""
@@ -248,7 +253,7 @@ def activation_bwd(
     numel = saved.numel()
     if numel == 0:
         return grad_z
-    grid = checked_grid((triton.cdiv(numel, block),), "activation backward")
+    grid = checked_grid((cdiv(numel, block),), "activation backward")
     _activation_bwd_kernel[grid](
         grad_y, saved, grad_z, numel, float(negative_slope),
         ACTIVATION=activation, INDEX_64=needs_int64(numel), BLOCK=block, num_warps=4,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 from torch import Tensor
@@ -12,12 +14,16 @@ __all__ = [
     "INTERPRETER_CONFIGS",
     "MAX_GRID",
     "MAX_NUM_WARPS",
+    "WIDE_TILES_ENABLED",
+    "WIDE_TILES_ENV_VAR",
+    "cdiv",
     "checked_grid",
     "dot_kind",
     "input_precision",
     "launch",
     "needs_int64",
     "tile_config",
+    "wide_tiles_requested",
 ]
 
 # Hardware grid limits (CUDA): axis 0 below 2**31, axes 1 and 2 at most 65,535.
@@ -25,9 +31,43 @@ MAX_GRID = (2**31 - 1, 65_535, 65_535)
 
 # The convolution main loops walk (tap, channel chunk) steps, the loop shape of the Inductor
 # convolution that 8 warps miscompile (pytorch issue 173068; Inductor caps those templates at
-# 4 warps): every conv config uses 4 warps at most (tests/test_autotune_configs.py checks it,
-# docs/decisions.md says why).
+# 4 warps): every default conv config uses 4 warps at most (tests/test_autotune_configs.py
+# checks it, docs/decisions.md says why).
 MAX_NUM_WARPS = 4
+
+# The 8-warp tiles (two warpgroups: 128x256 and 256x128) of the implicit GEMMs (cp.async and
+# TMA) and of wgrad. Issue 173068's trigger is division and modulo in the flattened tap loop,
+# and fastconv's loops advance by carries instead, but until a GPU run has shown these tiles
+# to match torch they join the autotuners' lists only when ``FASTCONV_WIDE_TILES`` is
+# ``1``/``true``/``on``/``yes`` at import (the autotuners are built from the lists then). The
+# config factories take ``wide=`` so that tests and the compile gate reach them without it.
+WIDE_TILES_ENV_VAR = "FASTCONV_WIDE_TILES"
+_TRUE = ("1", "true", "on", "yes")
+_FALSE = ("", "0", "false", "off", "no")
+
+
+def wide_tiles_requested() -> bool:
+    """Whether ``$FASTCONV_WIDE_TILES`` turns the 8-warp tiles on; a ValueError for a value
+    that says neither on nor off."""
+    value = os.environ.get(WIDE_TILES_ENV_VAR, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{WIDE_TILES_ENV_VAR} must be one of {', '.join(_TRUE + _FALSE[1:])} (or unset), "
+        f"got {value!r}"
+    )
+
+
+# Read once, at import: the autotuners' config lists are fixed when their modules load.
+WIDE_TILES_ENABLED = wide_tiles_requested()
+
+
+def cdiv(numerator: int, denominator: int) -> int:
+    """``ceil(numerator / denominator)`` for the host's grid and tile arithmetic: plain Python,
+    where ``triton.cdiv`` (a constexpr function) costs about 2 us per call."""
+    return -(-numerator // denominator)
 
 
 def checked_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:

@@ -53,7 +53,7 @@ from torch import Tensor
 
 from fastconv.backend import TRITON_INTERPRETER
 from fastconv.kernels import alloc
-from fastconv.kernels.launch import checked_grid, launch, needs_int64
+from fastconv.kernels.launch import cdiv, checked_grid, launch, needs_int64
 
 __all__ = ["PAD_MODES", "pad2d_bwd", "pad2d_configs", "pad2d_fwd"]
 
@@ -421,8 +421,8 @@ def pad2d_fwd(
 
     def grid(meta):
         block_w = meta["BLOCK_W"]
-        col_blocks = triton.cdiv(left, block_w) + triton.cdiv(w + right, block_w)
-        programs = n * hp * col_blocks * triton.cdiv(c, meta["BLOCK_C"])
+        col_blocks = cdiv(left, block_w) + cdiv(w + right, block_w)
+        programs = n * hp * col_blocks * cdiv(c, meta["BLOCK_C"])
         return checked_grid((programs,), "pad2d forward")
 
     args = (x, y, c, h, w, hp, wp, top, left, *_strides(x))
@@ -463,7 +463,7 @@ def pad2d_bwd(
     gx_channels_last = _channels_contiguous(grad_x)
 
     def grid(meta):
-        programs = n * h * triton.cdiv(w, meta["BLOCK_W"]) * triton.cdiv(c, meta["BLOCK_C"])
+        programs = n * h * cdiv(w, meta["BLOCK_W"]) * cdiv(c, meta["BLOCK_C"])
         return checked_grid((programs,), "pad2d backward")
 
     args = (grad_y, grad_x, c, h, w, hp, wp, top, left, *_strides(grad_y), *_strides(grad_x))

@@ -32,7 +32,9 @@ import triton.language as tl
 from torch import Tensor
 
 from fastconv.kernels import alloc
+from fastconv.kernels.launch import cdiv
 from fastconv.kernels.layout import element_span, memory_format_of
+from fastconv.kernels.plans import Launch, PlanCache, planning_tensor, signature
 
 __all__ = [
     "adaptive_avg_pool2d_bwd",
@@ -188,7 +190,7 @@ def _strides(t: Tensor) -> tuple[int, ...]:
 
 
 def _grid(numel: int, block: int) -> tuple[int]:
-    return (triton.cdiv(numel, block),)
+    return (cdiv(numel, block),)
 
 
 def _tiling(t: Tensor, channels_last: bool, *others: Tensor) -> dict:
@@ -206,7 +208,7 @@ def _tiling(t: Tensor, channels_last: bool, *others: Tensor) -> dict:
     block_i = min(triton.next_power_of_2(inner), MAX_BLOCK_I)
     tile = TILE_BYTES // t.element_size() if channels_last else TILE_NCHW
     block_r = max(tile // block_i, 1)
-    grid = (triton.cdiv(num_rows, block_r) * triton.cdiv(inner, block_i),)
+    grid = (cdiv(num_rows, block_r) * cdiv(inner, block_i),)
     column_dim = 1 if channels_last else 3
     divisor = math.gcd(
         inner,
@@ -392,6 +394,32 @@ def _argmax_dtype(kernel_size: Pair) -> torch.dtype:
     return torch.int32
 
 
+def _max_pool2d_fwd_plan(x, kernel_size, stride, padding, dilation, output_size, argmax):
+    """(output memory format, argmax dtype, launch or None) of a max-pool forward signature."""
+    n, c, h, w = x.shape
+    memory_format = memory_format_of(x)
+    y = planning_tensor((n, c, *output_size), x.dtype, memory_format)
+    argmax_dtype = _argmax_dtype(kernel_size)
+    if y.numel() == 0:
+        return memory_format, argmax_dtype, None
+    tiling = _tiling(y, memory_format == torch.channels_last, x)
+    scalars = (
+        c, h, w, *output_size, tiling["num_rows"], *stride, *padding, *dilation,
+        *_strides(x), *_strides(y),
+    )  # fmt: skip
+    meta = dict(
+        KH=kernel_size[0], KW=kernel_size[1], STORE_ARGMAX=argmax,
+        CHANNELS_LAST=memory_format == torch.channels_last, INDEX_64=_needs_int64(x, y),
+        VEC=tiling["VEC"], BLOCK_R=tiling["BLOCK_R"], BLOCK_I=tiling["BLOCK_I"],
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+    launch = Launch(_max_pool2d_fwd_kernel, tiling["grid"], scalars, meta)
+    return memory_format, argmax_dtype, launch
+
+
+_MAX_FWD_PLANS = PlanCache()
+
+
 def max_pool2d_fwd(
     x: Tensor,
     kernel_size: Pair,
@@ -404,43 +432,18 @@ def max_pool2d_fwd(
     """Max pooling of ``x`` (N, C, H, W) -> ``y`` (N, C, P, Q) and the compact ``argmax``.
 
     ``argmax`` (int8/int16/int32, same shape and strides as ``y``) holds ``r*KW + s``, the
-    winner's position inside its window; it is None unless ``store_argmax``.
+    winner's position inside its window; it is None unless ``store_argmax``. Planned once per
+    signature of the call (:mod:`fastconv.kernels.plans`).
     """
-    n, c, h, w = x.shape
-    p, q = output_size
-    memory_format = memory_format_of(x)
-    y = _empty((n, c, p, q), x, memory_format)
-    argmax = None
-    if store_argmax:
-        argmax = _empty((n, c, p, q), x, memory_format, _argmax_dtype(kernel_size))
-    if y.numel() == 0:
-        return y, argmax
-    tiling = _tiling(y, memory_format == torch.channels_last, x)
-    _max_pool2d_fwd_kernel[tiling["grid"]](
-        x,
-        y,
-        argmax if store_argmax else y,
-        c,
-        h,
-        w,
-        p,
-        q,
-        tiling["num_rows"],
-        *stride,
-        *padding,
-        *dilation,
-        *_strides(x),
-        *_strides(y),
-        KH=kernel_size[0],
-        KW=kernel_size[1],
-        STORE_ARGMAX=store_argmax,
-        CHANNELS_LAST=memory_format == torch.channels_last,
-        INDEX_64=_needs_int64(x, y),
-        VEC=tiling["VEC"],
-        BLOCK_R=tiling["BLOCK_R"],
-        BLOCK_I=tiling["BLOCK_I"],
-        num_warps=NUM_WARPS,
-    )
+    geometry = (kernel_size, stride, padding, dilation, output_size, store_argmax)
+    key = (signature(x), *geometry)
+    plan = _MAX_FWD_PLANS.get(key) or _MAX_FWD_PLANS.put(key, _max_pool2d_fwd_plan(x, *geometry))
+    memory_format, argmax_dtype, launch = plan
+    shape = (*x.shape[:2], *output_size)
+    y = _empty(shape, x, memory_format)
+    argmax = _empty(shape, x, memory_format, argmax_dtype) if store_argmax else None
+    if launch is not None:
+        launch(x, y, y if argmax is None else argmax)
     return y, argmax
 
 
@@ -647,6 +650,31 @@ def _avg_pool2d_bwd_kernel(
     tl.store(grad_x_ptr + gx_offs, acc.to(grad_x_ptr.dtype.element_ty), mask=in_range)
 
 
+def _avg_pool2d_fwd_plan(x, kernel_size, stride, padding, output_size, count_include_pad,
+                         divisor_override):  # fmt: skip
+    """(output memory format, launch or None) of an average-pool forward signature."""
+    n, c, h, w = x.shape
+    memory_format = memory_format_of(x)
+    y = planning_tensor((n, c, *output_size), x.dtype, memory_format)
+    if y.numel() == 0:
+        return memory_format, None
+    tiling = _tiling(y, memory_format == torch.channels_last, x)
+    scalars = (
+        c, h, w, *output_size, tiling["num_rows"], *stride, *padding, divisor_override or 0,
+        *_strides(x), *_strides(y),
+    )  # fmt: skip
+    meta = dict(
+        KH=kernel_size[0], KW=kernel_size[1], COUNT_INCLUDE_PAD=count_include_pad,
+        CHANNELS_LAST=memory_format == torch.channels_last, INDEX_64=_needs_int64(x, y),
+        VEC=tiling["VEC"], BLOCK_R=tiling["BLOCK_R"], BLOCK_I=tiling["BLOCK_I"],
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return memory_format, Launch(_avg_pool2d_fwd_kernel, tiling["grid"], scalars, meta)
+
+
+_AVG_FWD_PLANS = PlanCache()
+
+
 def avg_pool2d_fwd(
     x: Tensor,
     kernel_size: Pair,
@@ -656,38 +684,15 @@ def avg_pool2d_fwd(
     count_include_pad: bool,
     divisor_override: int | None,
 ) -> Tensor:
-    """Average pooling of ``x`` (N, C, H, W) -> ``y`` (N, C, P, Q) in ``x``'s memory format."""
-    n, c, h, w = x.shape
-    p, q = output_size
-    memory_format = memory_format_of(x)
-    y = _empty((n, c, p, q), x, memory_format)
-    if y.numel() == 0:
-        return y
-    tiling = _tiling(y, memory_format == torch.channels_last, x)
-    _avg_pool2d_fwd_kernel[tiling["grid"]](
-        x,
-        y,
-        c,
-        h,
-        w,
-        p,
-        q,
-        tiling["num_rows"],
-        *stride,
-        *padding,
-        divisor_override or 0,
-        *_strides(x),
-        *_strides(y),
-        KH=kernel_size[0],
-        KW=kernel_size[1],
-        COUNT_INCLUDE_PAD=count_include_pad,
-        CHANNELS_LAST=memory_format == torch.channels_last,
-        INDEX_64=_needs_int64(x, y),
-        VEC=tiling["VEC"],
-        BLOCK_R=tiling["BLOCK_R"],
-        BLOCK_I=tiling["BLOCK_I"],
-        num_warps=NUM_WARPS,
-    )
+    """Average pooling of ``x`` (N, C, H, W) -> ``y`` (N, C, P, Q) in ``x``'s memory format;
+    planned once per signature of the call (:mod:`fastconv.kernels.plans`)."""
+    geometry = (kernel_size, stride, padding, output_size, count_include_pad, divisor_override)
+    key = (signature(x), *geometry)
+    plan = _AVG_FWD_PLANS.get(key) or _AVG_FWD_PLANS.put(key, _avg_pool2d_fwd_plan(x, *geometry))
+    memory_format, launch = plan
+    y = _empty((*x.shape[:2], *output_size), x, memory_format)
+    if launch is not None:
+        launch(x, y)
     return y
 
 
@@ -930,57 +935,50 @@ def _adaptive_max_window(in_size: int, out_size: int) -> int:
     return max(-(-(i + 1) * in_size // out_size) - i * in_size // out_size for i in range(out_size))
 
 
-def adaptive_avg_pool2d_fwd(x: Tensor, output_size: Pair) -> Tensor:
-    """Adaptive average pooling of ``x`` (N, C, H, W) -> ``y`` (N, C, P, Q), x's memory format."""
+def _adaptive_avg_pool2d_fwd_plan(x: Tensor, output_size: Pair):
+    """(output memory format, launch or None) of an adaptive average-pool forward signature."""
     n, c, h, w = x.shape
     p, q = output_size
     memory_format = memory_format_of(x)
-    y = _empty((n, c, p, q), x, memory_format)
+    y = planning_tensor((n, c, p, q), x.dtype, memory_format)
     if y.numel() == 0:
-        return y
+        return memory_format, None
     window_h, window_w = _adaptive_max_window(h, p), _adaptive_max_window(w, q)
     if memory_format == torch.channels_last:
         tiling = _tiling(y, True, x)
-        _adaptive_avg_pool2d_fwd_nhwc_kernel[tiling["grid"]](
-            x,
-            y,
-            c,
-            h,
-            w,
-            p,
-            q,
-            tiling["num_rows"],
-            window_h,
-            window_w,
-            *_strides(x),
-            *_strides(y),
-            INDEX_64=_needs_int64(x, y),
-            VEC=tiling["VEC"],
-            BLOCK_R=tiling["BLOCK_R"],
-            BLOCK_I=tiling["BLOCK_I"],
-            num_warps=NUM_WARPS,
-        )
-        return y
+        scalars = (
+            c, h, w, p, q, tiling["num_rows"], window_h, window_w, *_strides(x), *_strides(y),
+        )  # fmt: skip
+        meta = dict(
+            INDEX_64=_needs_int64(x, y), VEC=tiling["VEC"], BLOCK_R=tiling["BLOCK_R"],
+            BLOCK_I=tiling["BLOCK_I"], num_warps=NUM_WARPS,
+        )  # fmt: skip
+        kernel = _adaptive_avg_pool2d_fwd_nhwc_kernel
+        return memory_format, Launch(kernel, tiling["grid"], scalars, meta)
     block_k = min(triton.next_power_of_2(window_h * window_w), ADAPTIVE_MAX_BLOCK_K)
     block_m = ADAPTIVE_TILE // block_k
-    _adaptive_avg_pool2d_fwd_kernel[_grid(y.numel(), block_m)](
-        x,
-        y,
-        c,
-        h,
-        w,
-        p,
-        q,
-        y.numel(),
-        window_w,
-        window_h * window_w,
-        *_strides(x),
-        *_strides(y),
-        INDEX_64=_needs_int64(x, y),
-        BLOCK_M=block_m,
-        BLOCK_K=block_k,
-        num_warps=NUM_WARPS,
-    )
+    scalars = (
+        c, h, w, p, q, y.numel(), window_w, window_h * window_w, *_strides(x), *_strides(y),
+    )  # fmt: skip
+    meta = dict(INDEX_64=_needs_int64(x, y), BLOCK_M=block_m, BLOCK_K=block_k, num_warps=NUM_WARPS)
+    grid = _grid(y.numel(), block_m)
+    return memory_format, Launch(_adaptive_avg_pool2d_fwd_kernel, grid, scalars, meta)
+
+
+_ADAPTIVE_FWD_PLANS = PlanCache()
+
+
+def adaptive_avg_pool2d_fwd(x: Tensor, output_size: Pair) -> Tensor:
+    """Adaptive average pooling of ``x`` (N, C, H, W) -> ``y`` (N, C, P, Q), x's memory format;
+    planned once per signature of the call (:mod:`fastconv.kernels.plans`)."""
+    key = (signature(x), output_size)
+    plan = _ADAPTIVE_FWD_PLANS.get(key)
+    if plan is None:
+        plan = _ADAPTIVE_FWD_PLANS.put(key, _adaptive_avg_pool2d_fwd_plan(x, output_size))
+    memory_format, launch = plan
+    y = _empty((*x.shape[:2], *output_size), x, memory_format)
+    if launch is not None:
+        launch(x, y)
     return y
 
 

@@ -11,6 +11,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastconv.kernels.launch import cdiv
+
 __all__ = ["dgrad_taps", "forward_taps", "load_phase_taps", "phase_table", "tap_rows"]
 
 Pair = tuple[int, int]
@@ -63,7 +65,7 @@ def dgrad_taps(
     taps = phase_table(tap_rows(sh, ph, dh, r), tap_rows(sw, pw, dw, s), like)
     step_r, step_s = sh // math.gcd(sh, dh), sw // math.gcd(sw, dw)
     tap_step = (-(step_r * dh) // sh, -(step_s * dw) // sw)
-    return taps, (triton.cdiv(h, sh), triton.cdiv(w, sw)), tap_step, (step_r, step_s)
+    return taps, (cdiv(h, sh), cdiv(w, sw)), tap_step, (step_r, step_s)
 
 
 @triton.jit

@@ -20,7 +20,9 @@ by 16 and 16-byte-aligned pointers get ``tt.divisibility``), and
 attrs)``; ``triton.compile(ASTSource(fn, signature, constexprs, attrs),
 target=GPUTarget("cuda", cc, 32), options=options.__dict__)`` is what ``_do_compile`` calls.
 Identical specializations (same kernel, target, signature, constexprs, attrs, options) are
-compiled once; the report lists every benchmark shape that maps to each.
+compiled once; the report lists every benchmark shape that maps to each. The 8-warp tiles
+behind ``FASTCONV_WIDE_TILES`` (``fastconv.kernels.launch``) are compiled too: the gate
+turns the switch on before fastconv is imported, so a tile is gated before it is enabled.
 
 Each cubin is written to DIR and read with the ``cuobjdump`` shipped in Triton's wheel
 (``-res-usage``: registers, stack, local; ``-sass``: the instructions). The main loop is
@@ -62,6 +64,9 @@ DTYPES = ("fp32", "tf32", "fp16", "bf16")
 LAYOUTS = ("nchw", "nhwc")
 OPS = ("conv_fwd", "conv_fwd_fused", "conv_dgrad", "conv_wgrad", "pool_fwd", "pool_bwd", "act_bwd")
 OPS += ("pad_fwd", "pad_bwd")  # reflect/replicate/circular padding (kernels/pad2d.py)
+# fastconv.kernels.launch.WIDE_TILES_ENV_VAR, named here so that fastconv is imported after
+# it is set.
+WIDE_TILES_ENV_VAR = "FASTCONV_WIDE_TILES"
 
 
 def groups() -> list[tuple[str, str, str, int]]:
@@ -220,15 +225,19 @@ def _conv_launches(shape, layout: str, dtype_name: str) -> list[tuple[str, Launc
 
 @contextlib.contextmanager
 def _tma_device(available: bool):
-    """Make :mod:`fastconv.kernels.conv2d_tma` see a TMA-capable device (sm_90) or not."""
+    """Make :mod:`fastconv.kernels.conv2d_tma` see a TMA-capable device (sm_90) or not; the
+    launch plans made on the other kind of device are dropped on the way in and out."""
     from fastconv.kernels import conv2d_tma
+    from fastconv.kernels.plans import clear_plans
 
     saved = conv2d_tma._tma_device
     conv2d_tma._tma_device = lambda tensor: available
+    clear_plans()
     try:
         yield
     finally:
         conv2d_tma._tma_device = saved
+        clear_plans()
 
 
 def _pair(value) -> tuple[int, int]:
@@ -373,9 +382,15 @@ def _select(shapes, names):
 
 
 def capture(which: str = "gate") -> list[tuple[str, str, str, str, Launch]]:
-    """(op, layout, dtype, shape name, launch) of every launch for the selected shapes."""
+    """(op, layout, dtype, shape name, launch) of every launch for the selected shapes, the
+    8-warp tiles included."""
+    os.environ[WIDE_TILES_ENV_VAR] = "1"  # read when fastconv's kernel modules are imported
     sys.path.insert(0, str(REPO))
     from benchmarks.shapes import CONV_SHAPES, POOL_SHAPES
+    from fastconv.kernels import launch
+
+    if not launch.WIDE_TILES_ENABLED:
+        raise SystemExit(f"compile gate: fastconv was imported before {WIDE_TILES_ENV_VAR}=1")
 
     conv = _select(CONV_SHAPES, None if which == "all" else GATE_CONV_SHAPES)
     pool = _select(POOL_SHAPES, None if which == "all" else GATE_POOL_SHAPES)

@@ -6,7 +6,9 @@ tests every kernel on a CPU-only machine. With a GPU the kernels run compiled on
 
 Every test runs with poisoned kernel allocations (:mod:`fastconv.kernels.alloc`): outputs
 and workspaces start as NaN (argmax buffers as an impossible index), so an element a kernel
-forgets to write fails the parity tests instead of passing on whatever memory held.
+forgets to write fails the parity tests instead of passing on whatever memory held. Every
+test starts without launch plans (:mod:`fastconv.kernels.plans`): a plan is derived from
+module state that tests patch (the TMA device check, the split-K constants, the launch).
 """
 
 import os
@@ -22,7 +24,7 @@ from collections.abc import Iterator  # noqa: E402
 import pytest  # noqa: E402
 
 from fastconv import backend, layers  # noqa: E402
-from fastconv.kernels import alloc  # noqa: E402
+from fastconv.kernels import alloc, plans  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -50,6 +52,26 @@ def poison_kernel_allocations() -> Iterator[None]:
     """Fill every buffer the launchers allocate with NaN / an invalid index (see the docstring)."""
     with alloc.poison_allocations():
         yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_launch_plans() -> Iterator[None]:
+    """No plan made by an earlier test (or under its patches) reaches this one."""
+    plans.clear_plans()
+    yield
+    plans.clear_plans()
+
+
+def intercept_tuned_launches(monkeypatch: pytest.MonkeyPatch, record) -> None:
+    """Hand every autotuned launch of a plan (:class:`fastconv.kernels.plans.TunedLaunch`) to
+    ``record(tuned, kernel, config, grid, args, meta)`` instead of running it, as
+    ``fastconv.kernels.launch.launch`` is called: ``grid`` a function of the meta-parameters
+    (unless ``config`` is fixed), ``meta`` the call's constexprs."""
+
+    def recorded(self, *args) -> None:
+        record(self.tuned, self.kernel, self.config, self.grid, args, self.meta)
+
+    monkeypatch.setattr(plans.TunedLaunch, "__call__", recorded)
 
 
 @pytest.fixture(autouse=True)

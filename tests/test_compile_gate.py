@@ -36,6 +36,8 @@ import compile_gate
 import pytest
 from compile_gate import group_id, groups
 
+from fastconv.kernels import conv2d, conv2d_tma, conv2d_wgrad
+
 GATE_SCRIPT = Path(compile_gate.__file__)
 GATE_TIMEOUT_S = 1800  # about 7 minutes on 2 idle cores; generous for busy CI runners
 # Set to a path: the gate's report is written there (and kept), or read from there if it
@@ -178,6 +180,48 @@ def test_gate_covers_group(gate_report, op, layout, dtype, cc):
     for (_, known_gid), (_, configs) in KNOWN_FAILURES.items():
         if known_gid == gid and configs is not None:
             assert set(configs) <= tags, f"{gid}: known-failure configs {configs} not in {tags}"
+
+
+# The kernels with 8-warp tiles behind FASTCONV_WIDE_TILES, by config factory, and the gate
+# dtypes of each dot kind: every such tile is compiled for every dtype it serves (the gate
+# turns the switch on), so the static checks above cover it.
+WIDE_TILE_FACTORIES = {
+    "_implicit_gemm_kernel": conv2d.conv_configs,
+    "_tma_implicit_gemm_kernel": conv2d_tma.tma_configs,
+    "_conv2d_bwd_weight_kernel": conv2d_wgrad.wgrad_configs,
+}
+WIDE_TILE_DTYPES = {"fp16": ("fp16", "bf16"), "tf32": ("tf32",)}
+
+
+def _tags(configs) -> set[str]:
+    return {
+        compile_gate.config_tag({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages})
+        for c in configs
+    }
+
+
+@pytest.mark.parametrize("kernel", WIDE_TILE_FACTORIES)
+def test_gate_compiles_every_wide_tile(gate_report, kernel):
+    factory = WIDE_TILE_FACTORIES[kernel]
+    compiled = {
+        (e["config_tag"], dtype)
+        for e in gate_report["entries"]
+        if e["kernel"] == kernel and "error" not in e
+        for dtype in e["dtype"].split("/")
+    }
+    wide = {
+        kind: _tags(factory(kind, False, True)) - _tags(factory(kind, False, False))
+        for kind in WIDE_TILE_DTYPES
+    }
+    assert any(wide.values()), f"{kernel} has no 8-warp tiles"
+    missing = [
+        (tag, dtype)
+        for kind, dtypes in WIDE_TILE_DTYPES.items()
+        for tag in sorted(wide[kind])
+        for dtype in dtypes
+        if (tag, dtype) not in compiled
+    ]
+    assert not missing, f"{kernel}: 8-warp tiles the gate did not compile: {missing}"
 
 
 @pytest.mark.parametrize(("check", "gid", "subset"), _params())

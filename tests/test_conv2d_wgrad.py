@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICE, requires_compiled_bf16_dot
+from conftest import DEVICE, intercept_tuned_launches, requires_compiled_bf16_dot
 
 from fastconv.kernels import conv2d_wgrad as wk
 
@@ -97,7 +97,8 @@ def test_wgrad_index_math_matches_torch(
     )
     x64, g64 = x.cpu().double(), grad_y.cpu().double()
     expected = torch.nn.grad.conv2d_weight(x64, (k, c, r, s), g64, stride, padding, dil)
-    assert grad_w.dtype == dtype and grad_w.shape == (k, c, r, s) and grad_w.is_contiguous()
+    assert grad_w.dtype == dtype and grad_w.shape == (k, c, r, s)
+    assert grad_w.is_contiguous(memory_format=torch.channels_last)
     check(grad_w, expected, rows, atol, rtol, "grad weight")
     check(grad_b, g64.sum((0, 2, 3)), rows, atol, rtol, "grad bias")
 
@@ -105,7 +106,7 @@ def test_wgrad_index_math_matches_torch(
 def test_wgrad_reads_unit_stride_channels_without_a_copy(monkeypatch):
     """A channels_last view with a multiple of 16 channels reaches the kernel as it is."""
     seen = []
-    monkeypatch.setattr(wk, "launch", lambda *call: seen.append(call[4]))
+    intercept_tuned_launches(monkeypatch, lambda *call: seen.append(call[4]))
     big = torch.randn(2, 48, 5, 9).contiguous(memory_format=torch.channels_last)
     x = big[:, 16:32, :, 1:8]
     grad_y = torch.randn(2, 32, 5, 7).contiguous(memory_format=torch.channels_last)
@@ -125,7 +126,7 @@ def test_wgrad_reads_unit_stride_channels_without_a_copy(monkeypatch):
 def test_wgrad_pads_channels_to_16_with_zeros(monkeypatch):
     """NCHW, or channels that are not a multiple of 16: NHWC copies with zero padding."""
     seen = []
-    monkeypatch.setattr(wk, "launch", lambda *call: seen.append(call[4]))
+    intercept_tuned_launches(monkeypatch, lambda *call: seen.append(call[4]))
     x, grad_y = torch.randn(2, 3, 6, 6), torch.randn(2, 20, 6, 6)
     wk.conv2d_bwd_weight(grad_y, x, (20, 3, 1, 1), (1, 1), (0, 0), (1, 1), False)
     (args,) = seen

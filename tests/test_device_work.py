@@ -6,9 +6,6 @@ launches are intercepted (``fastconv.profiling.record_launches(run=False)``: the
 runs, no kernel does) and the other device work is read from the profiler
 (``fastconv.profiling.device_ops``: allocations and views launch nothing and are not
 counted). Allocation poisoning is off: its fills are a test device, not the library's work.
-
-Targets of issue 31 that the kernels do not meet yet are strict xfails that name what runs
-today: they fail the day the work lands, so the marker is removed with it.
 """
 
 import pytest
@@ -17,7 +14,7 @@ from conftest import DEVICE
 
 from fastconv import backend
 from fastconv import functional as fcf
-from fastconv.kernels import alloc
+from fastconv.kernels import alloc, conv2d_stem
 from fastconv.padding import pad2d
 from fastconv.profiling import device_ops, record_launches
 
@@ -109,23 +106,49 @@ def test_conv_forward_launches_one_kernel_and_only_layout_copies(
     assert sorted(ops) == layout_copies
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 31: the cp.async dgrad transposes the weight at every call (clone), and "
-    "wgrad reorders its (K, R, S, C) result to a contiguous (K, C, R, S) grad_w (one copy)",
+def test_stem_conv_packs_its_weight_once_per_version():
+    """A 3-channel stem convolution is its kernel and the zero-padded NHWC copy of x (a fill
+    and a copy); the padded weight is made once per version of the weight: an in-place
+    update makes a new one, used at once."""
+    x = tensor(1, 3, 8, 8, dtype=torch.float32)
+    weight = tensor(16, 3, 3, 3, dtype=torch.float32)
+
+    def forward():
+        return fcf.conv2d(x, weight, padding=1)
+
+    launches, ops = device_work(forward)
+    assert launches == ["_conv2d_stem_fwd_kernel"]
+    assert sorted(ops) == ["copy_", "zeros"]  # x_pad
+    with torch.no_grad():
+        weight.mul_(-1.0)
+    with device_ops() as repacked:
+        forward()
+    assert sorted(repacked.names) == ["copy_", "copy_", "zeros", "zeros"]  # x_pad and w_pad
+    packed = conv2d_stem._PADDED_WEIGHTS.get(weight, conv2d_stem.pad_weight, 4)
+    assert torch.equal(packed, conv2d_stem.pad_weight(weight, 4))  # the updated weight's
+
+
+@pytest.mark.parametrize(
+    ("dtype", "dgrad"), [(torch.float32, GEMM), (torch.float16, TMA)], ids=["cp.async", "tma"]
 )
-def test_conv_backward_launches_dgrad_and_wgrad_only():
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_conv_backward_launches_dgrad_and_wgrad_only(dtype, dgrad, bias):
     """Without an activation and with one split-K program (64 output pixels, the
     interpreter's rows per split), the backward is the input-gradient and weight-gradient
-    kernels and no other device work."""
-    x = tensor(1, 16, 8, 8, dtype=torch.float32, grad=True)
-    weight = tensor(16, 16, 3, 3, dtype=torch.float32, grad=True)
-    y = fcf.conv2d(x, weight, padding=1)
+    kernels and no other device work: both read the channels-last weight in place (fp32
+    with tf32 off takes the cp.async kernel, fp16 the TMA one), and wgrad writes grad_w
+    (channels-last, as the weight) and grad_b themselves."""
+    x = tensor(1, 16, 8, 8, dtype=dtype, grad=True)
+    weight = tensor(16, 16, 3, 3, dtype=dtype, grad=True)
+    b = tensor(16, dtype=dtype, grad=True) if bias else None
+    y = fcf.conv2d(x, weight, b, padding=1)
     grad_y = torch.ones_like(y)
-    launches, ops = device_work(
-        lambda: torch.autograd.grad(y, (x, weight), grad_y, retain_graph=True)
-    )
-    assert launches == [GEMM, WGRAD]
+    inputs = (x, weight, b) if bias else (x, weight)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        launches, ops = device_work(
+            lambda: torch.autograd.grad(y, inputs, grad_y, retain_graph=True)
+        )
+    assert launches == [dgrad, WGRAD]
     assert ops == []
 
 

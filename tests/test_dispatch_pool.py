@@ -407,7 +407,7 @@ def test_pad_in_image_fast_path(column_maps, width, padding, fast_blocks_per_row
                   PAD_TILE)  # fmt: skip
     forward = launches[0]
     assert forward.meta["BLOCK_W"] == 8
-    (programs,) = forward.grid(forward.meta)
+    (programs,) = forward.grid
     padded_rows = shape[2] + padding[2] + padding[3]
     assert programs - sum(column_maps) == fast_blocks_per_row * padded_rows
 

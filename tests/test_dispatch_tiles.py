@@ -27,7 +27,7 @@ grid).
 import pytest
 import torch
 import triton
-from conftest import DEVICE
+from conftest import DEVICE, intercept_tuned_launches
 from parity import conv_parity, kernel_names
 from test_launch_limits import Launches, PoolKernelSpy
 
@@ -177,10 +177,9 @@ def meta_launches(monkeypatch):
     instead of run, and the largest quantity of each needs_int64 call. The TMA kernel takes
     meta tensors as if they were on an sm_90 device."""
     launches = Launches()
-    for module in (ck, sk, wk, dw):
+    for module in (sk, dw):
         monkeypatch.setattr(module, "launch", launches)
-    tma_spy = PoolKernelSpy(tk._tma_implicit_gemm_kernel, launches.calls)
-    monkeypatch.setattr(tk, "_TUNED", dict.fromkeys(tk._TUNED, tma_spy))
+    intercept_tuned_launches(monkeypatch, launches)  # the cp.async, TMA and wgrad kernels
     monkeypatch.setattr(tk, "_tma_device", lambda tensor: True)
     activation_spy = PoolKernelSpy(eb._activation_bwd_kernel, launches.calls)
     monkeypatch.setattr(eb, "_activation_bwd_kernel", activation_spy)
@@ -342,7 +341,7 @@ def test_wgrad_split_caps_end_to_end(monkeypatch, constants, rows, split):
     assert weight.numel() == WGRAD_NUMEL
     launches = conv_parity(x, weight, bias)
     (wgrad,) = [launch for launch in launches if launch.name == "_conv2d_bwd_weight_kernel"]
-    assert wgrad.grid(wgrad.meta)[2] == split
+    assert wgrad.grid[2] == split
 
 
 # --------------------------------------------------------------------------- depthwise wgrad
@@ -407,7 +406,7 @@ def test_depthwise_column_blocks_end_to_end(width, q_blocks):
     launches = conv_parity(x, weight, bias, padding=(0, 1), groups=4)
     (wgrad,) = [launch for launch in launches if launch.name == "_depthwise_wgrad_kernel"]
     assert wgrad.meta["Q_BLOCK"] == 16
-    assert wgrad.grid(wgrad.meta) == (triton.cdiv(4, wgrad.meta["BLOCK_C"]) * q_blocks,)
+    assert wgrad.grid == (triton.cdiv(4, wgrad.meta["BLOCK_C"]) * q_blocks,)
 
 
 # --------------------------------------------------------------------------- autotune pruners

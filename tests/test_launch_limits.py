@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE
+from conftest import DEVICE, intercept_tuned_launches
 
 from fastconv.kernels import alloc
 from fastconv.kernels import conv2d as ck
@@ -40,9 +40,8 @@ class Launches:
 @pytest.fixture
 def conv_launches(monkeypatch) -> Launches:
     launches = Launches()
-    monkeypatch.setattr(ck, "launch", launches)
     monkeypatch.setattr(sk, "launch", launches)
-    monkeypatch.setattr(wk, "launch", launches)
+    intercept_tuned_launches(monkeypatch, launches)  # the cp.async and wgrad kernels
     # the cp.async kernel's launches: the TMA kernel (sm_90, and the interpreter) has its own
     # limits, tested in tests/test_conv2d_tma.py
     monkeypatch.setattr(tk, "_tma_device", lambda tensor: False)

@@ -409,8 +409,10 @@ class _GemmForward:
 class _GemmInputGrad:
     """The cp.async input gradient of one call signature: ``input_grad(grad_y, weight)``.
 
-    A weight with unit channel stride (channels-last) is read in place, transposed; any other
-    through a (C, K/groups, R, S) channels-last copy of its transpose.
+    A weight with unit channel stride (channels-last) whose C/groups rows are 16-byte
+    multiples is read in place, transposed (its tiles load as 16-byte vectors along C); any
+    other through a (C, K/groups, R, S) channels-last copy of its transpose, whose K rows
+    load so (narrower C rows read in place compiled to synchronous loads: compile gate).
     """
 
     def __init__(self, input_shape, stride, padding, dilation, groups, config):
@@ -420,7 +422,7 @@ class _GemmInputGrad:
         self.gemm: _ImplicitGemm | None = None
 
     def _b(self, weight: Tensor) -> Tensor:
-        if weight.stride(1) == 1:
+        if weight.stride(1) == 1 and weight.shape[1] * weight.element_size() % 16 == 0:
             return weight
         # group g's (C/groups, K/groups) block of the transposed weight, groups stacked
         c, groups = self.input_shape[1], self.groups

@@ -70,10 +70,11 @@ def nhwc_output(shape: tuple[int, int, int, int], like: Tensor) -> tuple[Tensor,
 
     The kernel stores whole channel rows (16-byte vectors); writing NCHW from the
     (pixels x channels) accumulator took a 64-bit address per element and spilled, so an
-    NCHW result is one copy of the channels-last buffer.
+    NCHW result is one copy of the channels-last buffer (none when its pixels are 1 x 1:
+    both layouts are then the same memory).
     """
     result = empty_like_format(shape, like)
-    if memory_format_of(like) == torch.channels_last:
+    if result.is_contiguous(memory_format=torch.channels_last):  # channels_last, or 1 x 1
         return result, result
     return result, alloc.empty(
         shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last

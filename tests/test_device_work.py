@@ -106,6 +106,17 @@ def test_conv_forward_launches_one_kernel_and_only_layout_copies(
     assert sorted(ops) == layout_copies
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["gemm", "tma"])
+def test_conv_with_one_output_pixel_writes_its_result_in_place(dtype):
+    """An (N, K, 1, 1) output is the same memory in NCHW and channels_last: a contiguous
+    input's convolution writes it directly, no copy back (the input's own layout copy
+    stays). The global-pool end of a ResNet at low resolution."""
+    x = tensor(2, 16, 3, 3, dtype=dtype, memory_format=torch.contiguous_format)
+    weight = tensor(16, 16, 3, 3, dtype=dtype)
+    launches, ops = device_work(lambda: fcf.conv2d(x, weight))
+    assert len(launches) == 1 and ops == ["clone"]  # x to channels-last
+
+
 def test_stem_conv_packs_its_weight_once_per_version():
     """A 3-channel stem convolution is its kernel and the zero-padded NHWC copy of x (a fill
     and a copy); the padded weight is made once per version of the weight: an in-place

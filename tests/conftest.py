@@ -11,12 +11,22 @@ test starts without launch plans (:mod:`fastconv.kernels.plans`): a plan is deri
 module state that tests patch (the TMA device check, the split-K constants, the launch).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Inductor's on-disk graph cache does not key on a custom op's fake implementation: a graph
+# compiled by an older fastconv would be reused with the old output strides. Each test
+# process compiles into its own directory (unless one is set), removed at exit.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastconv-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import contextlib  # noqa: E402
 from collections.abc import Iterator  # noqa: E402

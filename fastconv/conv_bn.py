@@ -23,6 +23,15 @@ the original checkpoint. Train mode cannot fold (the statistics are the batch's)
 convolution runs on fastconv, then the BatchNorm module itself (batch statistics, running
 statistics and ``num_batches_tracked`` updated exactly as before), the residual add and
 the activation run in torch.
+
+The BatchNorm may be a norm-act layer (timm's ``BatchNormAct2d``: ``act(drop(BN(z)))`` with
+``drop`` and ``act`` its submodules, ``norm_act=True``); its ``act`` is then the fused
+activation (``activation_in_norm=True``), or, one the epilogue does not compute, runs after
+the kernel. Modules that are the identity in eval mode (dropout, stochastic depth) between
+the BatchNorm and the add or activation are passed as ``identities``: skipped while they
+are in eval mode, run where they were otherwise. Whatever cannot be fused at a call (a
+dropout in train mode after a BatchNorm in eval mode) runs in torch after the folded
+kernel, in the original order.
 """
 
 from __future__ import annotations
@@ -57,21 +66,48 @@ def fold_batch_norm(conv_bias: Tensor | None, bn: nn.BatchNorm2d) -> tuple[Tenso
     return scale.to(var.dtype), bias.to(var.dtype)
 
 
+def _active(module: nn.Module) -> bool:
+    """Whether an eval identity (or ``nn.Identity``) may compute something now."""
+    return module.training and type(module) is not nn.Identity
+
+
 class Conv2dBatchNormAct(Conv2dAct):
-    """``act(BN(conv2d(x) + b) [+ residual])``: a convolution, the BatchNorm after it, an
-    optional residual add and an activation (``"identity"`` for none).
+    """``act(ids(BN(conv2d(x) + b)) [+ residual])``: a convolution, the BatchNorm after it,
+    optional eval identities, an optional residual add and an activation (``"identity"`` for
+    none).
 
     Same constructor and parameters as :class:`fastconv.layers.Conv2dAct` (``activation``
-    defaults to ``"identity"``); ``forward(input, batchnorm, residual=None)`` takes the
-    ``nn.BatchNorm2d`` (with running statistics) whose output the original model fed on.
-    Eval mode (``batchnorm.training`` false) folds it into the kernel's epilogue (module
-    docstring); train mode runs it as the original module did. Any ``padding_mode``: as
+    defaults to ``"identity"``) plus ``norm_act`` (the BatchNorm is a norm-act layer whose
+    ``forward`` ends with ``act(drop(.))``) and ``activation_in_norm`` (``activation`` is
+    that ``act``: the BatchNorm module applies it in train mode). ``forward(input, batchnorm,
+    residual=None, identities=())`` takes the BatchNorm (with running statistics) whose
+    output the original model fed on, and the modules that are the identity in eval mode
+    which that output passed through before the add (or activation). Eval mode
+    (``batchnorm.training`` false) folds it into the kernel's epilogue (module docstring);
+    train mode runs it as the original module did. Any ``padding_mode``: as
     :class:`fastconv.layers.Conv2d`, other than zeros pads the input first.
     """
 
-    def __init__(self, *args, activation: str = "identity", **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        activation: str = "identity",
+        norm_act: bool = False,
+        activation_in_norm: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, activation=activation, **kwargs)
+        if activation_in_norm and not norm_act:
+            raise ValueError("activation_in_norm=True needs norm_act=True")
+        self.norm_act = norm_act
+        self.activation_in_norm = activation_in_norm
         self._fold_cache: tuple | None = None  # (key, scale, bias), see _folded
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.norm_act:
+            text += f", norm_act=True, activation_in_norm={self.activation_in_norm}"
+        return text
 
     def _folded(self, batchnorm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
         """The eval-mode ``(scale, bias)`` in the weight's dtype.
@@ -107,30 +143,64 @@ class Conv2dBatchNormAct(Conv2dAct):
         """Forget the cached eval-mode fold (see :meth:`_folded`)."""
         self._fold_cache = None
 
+    def _fuses_all(self, batchnorm: nn.Module, identities: tuple[nn.Module, ...]) -> bool:
+        """Whether, the BatchNorm folded, the kernel computes everything up to the output:
+        no identity active now and no norm-act ``drop`` or unfused ``act`` to run."""
+        if any(_active(module) for module in identities):
+            return False
+        if not self.norm_act:
+            return True
+        if _active(batchnorm.drop):
+            return False
+        return self.activation_in_norm or type(batchnorm.act) is nn.Identity
+
+    def _after_norm(
+        self, z: Tensor, identities: tuple[nn.Module, ...], residual: Tensor | None
+    ) -> Tensor:
+        """The original ops after the BatchNorm module's output ``z``, in torch."""
+        for module in identities:
+            z = module(z)
+        if residual is not None:
+            z = z + residual
+        if self.activation_in_norm:  # the BatchNorm module applied it
+            return z
+        return reference_activation(z, self.activation, self.negative_slope)
+
     def forward(
-        self, input: Tensor, batchnorm: nn.BatchNorm2d, residual: Tensor | None = None
+        self,
+        input: Tensor,
+        batchnorm: nn.BatchNorm2d,
+        residual: Tensor | None = None,
+        identities: tuple[nn.Module, ...] = (),
     ) -> Tensor:
         if batchnorm.running_mean is None or batchnorm.running_var is None:
             raise ValueError(
                 f"{type(self).__name__}: the BatchNorm has no running statistics "
                 "(track_running_stats=False), so it cannot be folded"
             )
-        if batchnorm.num_features != self.out_channels:
+        features = batchnorm.running_mean.shape[0]
+        if features != self.out_channels:
             raise ValueError(
-                f"{type(self).__name__}: BatchNorm over {batchnorm.num_features} features "
+                f"{type(self).__name__}: BatchNorm over {features} features "
                 f"after a convolution with {self.out_channels} output channels"
             )
         if batchnorm.training:
             z = batchnorm(self._conv(fcf.conv2d, input))
-            if residual is not None:
-                z = z + residual
-            return reference_activation(z, self.activation, self.negative_slope)
+            return self._after_norm(z, identities, residual)
         scale, bias = self._folded(batchnorm)
 
         def folded(x, weight, conv_bias, *args, **kwargs):  # conv_bias is inside ``bias``
             return fcf.fused_conv2d(x, weight, bias, *args, scale=scale, **kwargs)
 
-        return self._conv(
-            folded, input,
-            activation=self.activation, negative_slope=self.negative_slope, residual=residual,
-        )  # fmt: skip
+        if (not identities and not self.norm_act) or self._fuses_all(batchnorm, identities):
+            return self._conv(
+                folded, input,
+                activation=self.activation, negative_slope=self.negative_slope,
+                residual=residual,
+            )  # fmt: skip
+        # Something between the BatchNorm and the epilogue's add computes now: the kernel
+        # applies the fold alone, torch the rest (the norm-act's drop and act included).
+        z = self._conv(folded, input, activation="identity")
+        if self.norm_act:
+            z = batchnorm.act(batchnorm.drop(z))
+        return self._after_norm(z, identities, residual)

@@ -1,10 +1,11 @@
 """``python -m fastconv.convert MODEL``: convert a model, print the report, check parity.
 
-MODEL is ``torchvision:NAME`` (``torchvision:resnet50``) or ``MODULE:FUNCTION``
-(``mypkg.models:build``, called with no arguments, returning an ``nn.Module``). The model
-is built with random weights (``--seed``), its BatchNorm statistics and affine parameters
-are made non-trivial (random running mean and variance, weight and bias: folding an
-identity BatchNorm would prove nothing), and it is converted with
+MODEL is ``torchvision:NAME`` (``torchvision:resnet50``), ``timm:NAME``
+(``timm:efficientnet_b0``, made by ``timm.create_model``; timm must be installed) or
+``MODULE:FUNCTION`` (``mypkg.models:build``, called with no arguments, returning an
+``nn.Module``). The model is built with random weights (``--seed``), its BatchNorm
+statistics and affine parameters are made non-trivial (random running mean and variance,
+weight and bias: folding an identity BatchNorm would prove nothing), and it is converted with
 :func:`fastconv.fusion.convert` in ``--mode``. The converted model runs in ``--dtype`` on a
 random input and is compared with the original run in float64: in eval mode the outputs,
 in train mode the outputs and every parameter gradient (each model on its own deep copy, so
@@ -63,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "model", help="torchvision:NAME (torchvision:resnet50) or MODULE:FUNCTION (mypkg:build)"
+        "model",
+        help="torchvision:NAME (torchvision:resnet50), timm:NAME (timm:efficientnet_b0) or "
+        "MODULE:FUNCTION (mypkg:build)",
     )
     parser.add_argument(
         "--mode",
@@ -108,18 +111,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(spec: str):
-    """The ``nn.Module`` that ``torchvision:NAME`` or ``MODULE:FUNCTION`` builds."""
+    """The ``nn.Module`` that ``torchvision:NAME``, ``timm:NAME`` or ``MODULE:FUNCTION``
+    builds."""
     from torch import nn
 
     module_name, sep, function_name = spec.partition(":")
     if not sep or not module_name or not function_name:
-        raise CLIError(f"model {spec!r}: expected torchvision:NAME or MODULE:FUNCTION")
+        raise CLIError(f"model {spec!r}: expected torchvision:NAME, timm:NAME or MODULE:FUNCTION")
     if module_name == "torchvision":
         import torchvision
 
         if function_name not in torchvision.models.list_models():
             raise CLIError(f"model {spec!r}: torchvision has no model {function_name!r}")
         build = lambda: torchvision.models.get_model(function_name, weights=None)
+    elif module_name == "timm":
+        try:
+            import timm
+        except ImportError as exc:
+            message = f"model {spec!r}: cannot import timm ({exc}): pip install timm"
+            raise CLIError(message) from None
+        if not timm.is_model(function_name):
+            raise CLIError(f"model {spec!r}: timm has no model {function_name!r}")
+        build = lambda: timm.create_model(function_name, pretrained=False)
     else:
         try:
             module = importlib.import_module(module_name)
@@ -155,10 +168,11 @@ def randomize_batchnorms(model) -> None:
 
 
 def _disable_randomness(model) -> None:
-    """Dropout and stochastic depth to eval mode: their masks are random."""
+    """Dropout and stochastic depth (torchvision's StochasticDepth, timm's DropPath and
+    DropBlock2d) to eval mode: their masks are random."""
     for module in model.modules():
         name = type(module).__name__
-        if "Dropout" in name or name == "StochasticDepth":
+        if "Dropout" in name or name in ("StochasticDepth", "DropPath", "DropBlock2d"):
             module.eval()
 
 

@@ -10,14 +10,27 @@ function for ``call_function``, a method name for ``call_method``) to what it is
   ``operator.iadd``, ``x.add_(y)``);
 * convolutions and poolings -> their fastconv replacement.
 
+* BatchNorms -> the modules whose eval-mode function folds into a convolution's epilogue;
+  norm-act layers (timm's ``BatchNormAct2d``) are BatchNorms whose ``forward`` then applies
+  their own ``drop`` and ``act`` submodules;
+* eval identities -> modules that compute the identity in eval mode (dropout, stochastic
+  depth): a chain may pass through them to a residual add or an activation.
+
 A fused chain is ``conv -> [BatchNorm2d] -> [activation]`` or ``conv -> [BatchNorm2d] ->
-add(., residual) -> [activation]``; :mod:`fastconv.fusion` walks it.
+[eval identities] -> [add(., residual)] -> [activation]``; :mod:`fastconv.fusion` walks it.
+
+Classes of other libraries (timm, torchvision's ``StochasticDepth``) are named as
+``"module:Class"`` strings in the ``OPTIONAL_*`` tables and recognized only when that module
+has already been imported (a model holding one of its classes has imported it): fastconv
+itself imports nothing from them. :func:`recognized` resolves them, once per conversion.
 """
 
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,10 +48,16 @@ __all__ = [
     "ADD_METHODS",
     "BATCHNORM_MODULES",
     "CONV_FUNCTIONS",
+    "EVAL_IDENTITY_MODULES",
     "FUSABLE_CONV_MODULES",
+    "OPTIONAL_ACTIVATION_MODULES",
+    "OPTIONAL_EVAL_IDENTITY_MODULES",
+    "OPTIONAL_NORM_ACT_MODULES",
     "POOL_FUNCTIONS",
     "POOL_MODULES",
+    "Recognized",
     "argument",
+    "recognized",
 ]
 
 Activation = tuple[str, float] | None
@@ -114,7 +133,37 @@ ACTIVATION_METHODS: dict[str, Callable[[tuple, dict], Activation]] = {
 ADD_FUNCTIONS: dict[Callable, bool] = {operator.add: False, torch.add: False, operator.iadd: True}
 ADD_METHODS: dict[str, bool] = {"add": False, "add_": True}
 
+# timm's activation modules (what ``timm.layers.create_act_layer`` returns where torch has
+# no native one, and its classes used directly) -> activation, as ACTIVATION_MODULES
+OPTIONAL_ACTIVATION_MODULES: dict[str, Callable[[nn.Module], Activation]] = {
+    "timm.layers.activations:Swish": _fixed("silu"),
+    "timm.layers.activations:Sigmoid": _fixed("sigmoid"),
+    "timm.layers.activations:HardSwish": _fixed("hardswish"),
+    "timm.layers.activations:GELU": _fixed("gelu"),
+    "timm.layers.activations:GELUTanh": _fixed("gelu_tanh"),
+    "timm.layers.activations_me:SwishMe": _fixed("silu"),
+    "timm.layers.activations_me:HardSwishMe": _fixed("hardswish"),
+}
+
 BATCHNORM_MODULES = (nn.BatchNorm2d,)
+# Norm-act layers: their ``forward`` is ``act(drop(batch_norm(x)))`` with the BatchNorm's
+# parameters and buffers on the module itself, so their state_dict keys are a BatchNorm's.
+OPTIONAL_NORM_ACT_MODULES = (
+    "timm.layers.norm_act:BatchNormAct2d",
+    "timm.layers.norm_act:SyncBatchNormAct",
+    "timm.layers.norm_act:FrozenBatchNormAct2d",  # frozen statistics in both modes
+)
+
+# Modules that are the identity in eval mode (``training`` false); exact types.
+EVAL_IDENTITY_MODULES = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)  # fmt: skip
+OPTIONAL_EVAL_IDENTITY_MODULES = (
+    "torchvision.ops.stochastic_depth:StochasticDepth",
+    "timm.layers.drop:DropPath",
+    "timm.layers.drop:DropBlock2d",
+)
 
 # Convolution modules whose chains fuse (exact types; a subclass may compute something else).
 FUSABLE_CONV_MODULES = (nn.Conv2d, layers.Conv2d)
@@ -133,3 +182,45 @@ POOL_FUNCTIONS: dict[Callable, Callable] = {
     F.avg_pool2d: fcf.avg_pool2d,
     F.adaptive_avg_pool2d: fcf.adaptive_avg_pool2d,
 }
+
+
+def _imported_class(name: str) -> type | None:
+    """The class ``"module:Class"`` names if that module is imported already, else None."""
+    module_name, _, class_name = name.partition(":")
+    found = getattr(sys.modules.get(module_name), class_name, None)
+    return found if isinstance(found, type) else None
+
+
+def _imported(names) -> tuple[type, ...]:
+    return tuple(cls for cls in map(_imported_class, names) if cls is not None)
+
+
+@dataclass(frozen=True)
+class Recognized:
+    """The tables with the optional classes that are importable now added (exact types)."""
+
+    activation_modules: dict[type[nn.Module], Callable[[nn.Module], Activation]]
+    batchnorm_modules: tuple[type[nn.Module], ...]  # plain BatchNorms and norm-act layers
+    norm_act_modules: tuple[type[nn.Module], ...]
+    eval_identity_modules: tuple[type[nn.Module], ...]
+
+    def leaves(self) -> tuple[type[nn.Module], ...]:
+        """Classes a trace must keep as one call (not trace into): it matches them whole."""
+        return (*self.activation_modules, *self.batchnorm_modules, *self.eval_identity_modules)
+
+
+def recognized() -> Recognized:
+    """The classes :mod:`fastconv.fusion` recognizes, those of the ``OPTIONAL_*`` tables
+    included where their module has been imported (see the module docstring)."""
+    activations = dict(ACTIVATION_MODULES)
+    for name, spec in OPTIONAL_ACTIVATION_MODULES.items():
+        cls = _imported_class(name)
+        if cls is not None:
+            activations[cls] = spec
+    norm_acts = _imported(OPTIONAL_NORM_ACT_MODULES)
+    return Recognized(
+        activation_modules=activations,
+        batchnorm_modules=(*BATCHNORM_MODULES, *norm_acts),
+        norm_act_modules=norm_acts,
+        eval_identity_modules=EVAL_IDENTITY_MODULES + _imported(OPTIONAL_EVAL_IDENTITY_MODULES),
+    )

@@ -20,9 +20,12 @@ class ConversionReport:
     ``convs_fastconv`` of ``convs`` convolutions and ``pools_fastconv`` of ``pools`` poolings
     run on fastconv, ``batchnorms_folded`` of ``batchnorms`` BatchNorms follow a convolution
     they fold into, ``activations_fused`` of ``activations`` activations and ``adds_fused``
-    residual adds moved into a convolution's epilogue. ``fused`` lists (module name, the
-    chain it replaced); ``left_to_torch`` lists (node or module name, why it stays torch);
-    ``notes`` holds caveats (a forward whose ``self.training`` branch the trace froze).
+    residual adds moved into a convolution's epilogue; ``identities_skipped`` modules that
+    are the identity in eval mode (dropout, stochastic depth) joined a fused chain (skipped
+    while in eval mode, run while training; ``notes`` names them). ``fused`` lists (module
+    name, the chain it replaced); ``left_to_torch`` lists (node or module name, why it stays
+    torch); ``notes`` holds caveats (a forward whose ``self.training`` branch the trace froze)
+    and what else changed.
     """
 
     method: str = "fx"
@@ -37,6 +40,7 @@ class ConversionReport:
     activations: int = 0
     activations_fused: int = 0
     adds_fused: int = 0
+    identities_skipped: int = 0
     fused: list[tuple[str, str]] = field(default_factory=list)
     left_to_torch: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -67,6 +71,11 @@ class ConversionReport:
         for title in list(row)[2:]:
             note = notes.get(title)
             lines.append(f"  {title:18} {row[title]:>7}" + (f"   {note}" if note else ""))
+            if title == "adds fused" and self.identities_skipped:
+                lines.append(
+                    f"  {'eval identities':18} {self.identities_skipped:>7}   in fused chains: "
+                    "skipped while in eval mode, run while training"
+                )
         lines += [f"  torch  {name}: {reason}" for name, reason in self.left_to_torch]
         lines += [f"  note   {note}" for note in self.notes]
         return "\n".join(lines)

@@ -75,6 +75,23 @@ def test_torchvision_model_on_the_torch_backend(capsys):
     assert "backend: torch reference" in out
 
 
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_timm_model_on_the_torch_backend(mode, capsys):
+    """timm:NAME builds the model with timm.create_model; its BatchNormAct2d layers fold."""
+    args = ["timm:resnet10t", "--mode", mode, "--backend", "torch", "--input-size", "2x3x32x32"]
+    status = main(args)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "convs on fastconv    14/14" in out and "BatchNorms folded    14/14" in out
+    assert "activations fused    11/11" in out and "adds fused               4" in out
+    assert "parity ok" in out
+    status = main([*args, "--markdown"])
+    row = capsys.readouterr().out
+    assert status == 0 and row.startswith(
+        f"| timm:resnet10t | {mode} | fx | 14/14 | 5/5 | 14/14 | 11/11 | 4 | 0 |"
+    )
+
+
 def test_parity_failure_exits_1(monkeypatch, capsys):
     import fastconv.fusion
 
@@ -96,8 +113,9 @@ def test_parity_failure_exits_1(monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("resnet18", "model 'resnet18': expected torchvision:NAME or MODULE:FUNCTION"),
+        ("resnet18", "model 'resnet18': expected torchvision:NAME, timm:NAME or MODULE:FUNCTION"),
         ("torchvision:resnet19", "torchvision has no model 'resnet19'"),
+        ("timm:resnet19", "timm has no model 'resnet19'"),
         ("no_such_module:build", "cannot import no_such_module: No module named"),
         ("test_convert_cli:no_such", "test_convert_cli has no function 'no_such'"),
         ("test_convert_cli:failing_model", "building it failed: RuntimeError: no weights here"),

@@ -40,12 +40,12 @@ def _torchvision(name: str, mode: str) -> nn.Module:
 
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Hardswish)
 _ADDS = (operator.add, operator.iadd, torch.add)
+_EVAL_IDENTITIES = (nn.Dropout, torchvision.ops.StochasticDepth)
 
 
 class _KeepStochasticDepth(fx.Tracer):
     """A plain tracer, except that torchvision's StochasticDepth stays a module, as convert
-    keeps it (its forward reads self.training at call time): so an add after it does not
-    follow a conv-BN."""
+    keeps it (its forward reads self.training at call time)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return type(m).__name__ == "StochasticDepth" or super().is_leaf_module(m, qualname)
@@ -54,8 +54,8 @@ class _KeepStochasticDepth(fx.Tracer):
 def _expected(model: nn.Module) -> dict[str, int]:
     """What convert must fuse, counted on the original's plain FX graph (independently of
     fastconv.patterns): BatchNorms after a conv, activations after a conv or conv-BN, adds of
-    a conv-BN, and those adds followed by a ReLU, each where the node before it has no other
-    user."""
+    a conv-BN (or of a StochasticDepth or Dropout after one: the identity in eval mode), and
+    those adds followed by a ReLU, each where the node before it has no other user."""
     gm = fx.GraphModule(model, _KeepStochasticDepth().trace(model))
     modules = dict(gm.named_modules())
 
@@ -70,6 +70,11 @@ def _expected(model: nn.Module) -> dict[str, int]:
     ]
     # (a node with two users cannot fuse into the one before it: the other needs its output)
     heads = {n for n in [*convs, *bns] if len(n.users) == 1}
+    heads |= {
+        n
+        for n in gm.graph.nodes
+        if is_module(n, _EVAL_IDENTITIES) and n.args[0] in heads & set(bns) and len(n.users) == 1
+    }
     acts = [n for n in gm.graph.nodes if is_module(n, _ACTIVATION_MODULES) and n.args[0] in heads]
     adds = [
         n
@@ -109,7 +114,7 @@ MODELS = {
     "resnet18": (8, 8),
     "resnet50": (16, 16),
     "mobilenet_v2": (10, 0),
-    "efficientnet_b0": (0, 0),  # its adds follow a StochasticDepth, not a conv-BN
+    "efficientnet_b0": (9, 0),  # its adds follow a StochasticDepth after a conv-BN
     "vgg11_bn": (0, 0),
 }
 

@@ -26,6 +26,7 @@ __all__ = [
     "BackendUnavailableError",
     "TRITON_AVAILABLE",
     "TRITON_INTERPRETER",
+    "env_flag",
     "get_backend",
     "resolve_backend",
     "set_backend",
@@ -64,6 +65,23 @@ def _check_name(name: str, source: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}, got {name!r}")
     return name
+
+
+_FLAG_ON = ("1", "true", "on", "yes")
+_FLAG_OFF = ("", "0", "false", "off", "no")
+
+
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` says on (1/true/on/yes) rather than off
+    (unset, empty, 0/false/off/no); a ValueError naming it for any other value."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _FLAG_ON:
+        return True
+    if value in _FLAG_OFF:
+        return False
+    raise ValueError(
+        f"{name} must be one of {', '.join(_FLAG_ON + _FLAG_OFF[1:])} (or unset), got {value!r}"
+    )
 
 
 def get_backend() -> str:

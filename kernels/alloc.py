@@ -19,11 +19,12 @@ allocated with :func:`zeros`, which is never poisoned.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
+
+from fastconv.backend import env_flag
 
 __all__ = [
     "ENV_VAR",
@@ -36,9 +37,6 @@ __all__ = [
 ]
 
 ENV_VAR = "FASTCONV_POISON_ALLOCATIONS"
-_TRUE = ("1", "true", "on", "yes")
-_FALSE = ("", "0", "false", "off", "no")
-
 _override: bool | None = None
 
 
@@ -46,14 +44,7 @@ def poisoning_enabled() -> bool:
     """Whether :func:`empty` poisons: ``set_poisoning``'s value, else the environment's."""
     if _override is not None:
         return _override
-    value = os.environ.get(ENV_VAR, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(
-        f"{ENV_VAR} must be one of {', '.join(_TRUE + _FALSE[1:])} (or unset), got {value!r}"
-    )
+    return env_flag(ENV_VAR)
 
 
 def set_poisoning(enabled: bool | None) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 from torch import Tensor
 
+from fastconv.backend import env_flag
 from fastconv.kernels.layout import element_span
 
 __all__ = [
@@ -42,22 +41,12 @@ MAX_NUM_WARPS = 4
 # ``1``/``true``/``on``/``yes`` at import (the autotuners are built from the lists then). The
 # config factories take ``wide=`` so that tests and the compile gate reach them without it.
 WIDE_TILES_ENV_VAR = "FASTCONV_WIDE_TILES"
-_TRUE = ("1", "true", "on", "yes")
-_FALSE = ("", "0", "false", "off", "no")
 
 
 def wide_tiles_requested() -> bool:
     """Whether ``$FASTCONV_WIDE_TILES`` turns the 8-warp tiles on; a ValueError for a value
     that says neither on nor off."""
-    value = os.environ.get(WIDE_TILES_ENV_VAR, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(
-        f"{WIDE_TILES_ENV_VAR} must be one of {', '.join(_TRUE + _FALSE[1:])} (or unset), "
-        f"got {value!r}"
-    )
+    return env_flag(WIDE_TILES_ENV_VAR)
 
 
 # Read once, at import: the autotuners' config lists are fixed when their modules load.
